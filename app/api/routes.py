@@ -1,0 +1,75 @@
+"""Routes of the proxy's own API."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import httpx
+from fastapi import APIRouter, FastAPI, Header, Response
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from pydantic import BaseModel
+
+from app import __version__
+from app.metrics.instruments import Instruments
+
+
+class ChainCheck(BaseModel):
+    """The answer of ``/test``: can the proxy reach Ollama, and how fast."""
+
+    proxy_version: str
+    upstream: str
+    upstream_reachable: bool
+    upstream_version: str | None = None
+    round_trip_ms: float | None = None
+    error: str | None = None
+
+
+def create_api(
+    *,
+    upstream_url: str,
+    check_url: str,
+    registry: CollectorRegistry,
+    instruments: Instruments,
+    http: httpx.AsyncClient,
+) -> FastAPI:
+    """``upstream_url`` is shown to users; ``check_url`` (which may carry credentials) is used."""
+    api = FastAPI(
+        title="Ollama Metrics Proxy",
+        version=__version__,
+        description="The proxy's own endpoints. Every other path is forwarded to Ollama.",
+    )
+    router = APIRouter()
+
+    @router.get("/metrics", summary="Prometheus exposition", response_class=Response)
+    def metrics(accept: Annotated[str | None, Header()] = None) -> Response:
+        encoder, content_type = choose_encoder(accept or "")
+        return Response(content=encoder(registry), media_type=content_type)
+
+    @router.get("/test", summary="Check the chain from proxy to Ollama")
+    async def chain_check() -> ChainCheck:
+        started = time.perf_counter()
+        try:
+            answer = await http.get(check_url + "/api/version")
+            answer.raise_for_status()
+            version = answer.json().get("version")
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            instruments.upstream_up.set(0)
+            return ChainCheck(
+                proxy_version=__version__,
+                upstream=upstream_url,
+                upstream_reachable=False,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        instruments.upstream_up.set(1)
+        return ChainCheck(
+            proxy_version=__version__,
+            upstream=upstream_url,
+            upstream_reachable=True,
+            upstream_version=str(version) if version is not None else None,
+            round_trip_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    api.include_router(router)
+    return api

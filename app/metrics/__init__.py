@@ -1,0 +1,1 @@
+"""Prometheus instruments: in memory, updated from the request path, read by ``/metrics``."""

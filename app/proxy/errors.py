@@ -1,0 +1,91 @@
+"""Upstream failures, translated once into the error shape the client's API speaks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+
+import aiohttp
+
+
+class UpstreamError(Exception):
+    """Ollama could not be reached, or broke off the exchange.
+
+    ``reason`` is a fixed, low-cardinality word (connect, timeout, reset, protocol) fit for a
+    metric label; the message is for people.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def classify(exc: BaseException, upstream: str) -> UpstreamError:
+    """Map an aiohttp/OS exception to an ``UpstreamError`` (the only place that knows them)."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        code = exc.os_error.errno
+        why = os.strerror(code).lower() if code else str(exc.os_error)
+        return UpstreamError(
+            "connect", f"cannot connect to Ollama at {upstream} ({why}): is it running?"
+        )
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamError("timeout", f"timed out connecting to Ollama at {upstream}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return UpstreamError("reset", f"Ollama at {upstream} closed the connection")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamError("reset", f"Ollama at {upstream} broke off the response unfinished")
+    if isinstance(exc, aiohttp.ClientOSError):
+        return UpstreamError("reset", f"connection to Ollama at {upstream} failed: {exc}")
+    return UpstreamError("protocol", f"invalid response from Ollama at {upstream}: {exc}")
+
+
+def api_flavour(path: str) -> str:
+    """Which API's error shape a path expects: ``anthropic``, ``openai`` or ``ollama``."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith("/v1/"):
+        return "openai"
+    return "ollama"
+
+
+def error_payload(path: str, message: str) -> dict[str, object]:
+    """The JSON error object that the path's clients parse."""
+    flavour = api_flavour(path)
+    if flavour == "openai":
+        return {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+    if flavour == "anthropic":
+        return {
+            "type": "error",
+            "error": {"type": "api_error", "message": message},
+            "request_id": "req_" + secrets.token_hex(12),
+        }
+    return {"error": message}
+
+
+def error_body(path: str, message: str) -> bytes:
+    """A complete JSON error response body in the shape the path's clients parse."""
+    return json.dumps(error_payload(path, message), separators=(",", ":")).encode()
+
+
+def stream_error_event(path: str, content_type: bytes, message: str) -> bytes | None:
+    """The last event to send when Ollama breaks off a stream that has already begun.
+
+    Ollama itself reports a failure mid-stream as one more NDJSON line ``{"error": ...}``, and
+    every Ollama client handles that; OpenAI clients raise on a ``data:`` event carrying
+    ``error``, Anthropic clients on an ``error`` event. For any other body there is no honest
+    way to say it, so the caller drops the connection instead.
+    """
+    ctype = content_type.lower()
+    if ctype.startswith(b"application/x-ndjson"):
+        return json.dumps({"error": message}).encode() + b"\n"
+    if not ctype.startswith(b"text/event-stream"):
+        return None
+    data = json.dumps(error_payload(path, message)).encode()
+    if api_flavour(path) == "anthropic":
+        return b"event: error\ndata: " + data + b"\n\n"
+    return b"data: " + data + b"\n\n"

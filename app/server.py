@@ -1,0 +1,69 @@
+"""Running the app under uvicorn with the settings a transparent proxy needs."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+import uvicorn
+
+from app.config import Settings
+from app.main import create_app
+
+log = logging.getLogger(__name__)
+
+
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.proxy_host,
+        port=settings.proxy_port,
+        # httptools + uvloop: the fastest parser and loop uvicorn has (uvloop is absent on
+        # Windows, where "auto" falls back to asyncio).
+        loop="auto",
+        http="httptools",
+        lifespan="on",
+        # Ollama sends neither; the upstream's own Date header is passed through.
+        server_header=False,
+        date_header=False,
+        access_log=False,
+        # The client address is the socket peer; X-Forwarded-* is not trusted by default.
+        proxy_headers=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        # Ollama's clients keep connections open between turns.
+        timeout_keep_alive=75,
+    )
+
+
+def port_taken(host: str, port: int) -> bool:
+    """True when something already listens on host:port."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)) == 0
+
+
+def run_proxy(settings: Settings) -> int:
+    if port_taken(settings.proxy_host, settings.proxy_port):
+        log.error(
+            "port %s on %s is already in use: stop what listens there or choose --port",
+            settings.proxy_port,
+            settings.proxy_host,
+        )
+        return 1
+    server = uvicorn.Server(uvicorn_config(settings))
+    log.info(
+        "ollama-metrics proxy listening on http://%s:%s -> %s",
+        settings.proxy_host,
+        settings.proxy_port,
+        settings.ollama_upstream.split("@")[-1],
+    )
+    try:
+        server.run()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            log.error("port %s is already in use", settings.proxy_port)
+            return 1
+        raise
+    return 0 if server.started else 1

@@ -1,0 +1,43 @@
+"""A faithful Ollama emulator (v0.33 HTTP API) served by uvicorn, for testing the proxy.
+
+    with EmulatorServer(EmulatorConfig(token_delay=0.01)) as upstream:
+        ollama.Client(host=upstream.url).chat("llama3.2", [...])
+        upstream.requests()          # what the emulator received (GET /_emulator/requests)
+        upstream.stop(); upstream.start()   # same port
+
+Request flow: `app` (routing, request log, faults, error shapes) → `native` handlers
+(`openai_chat`, `openai_compat`, `responses_api`, `anthropic_compat` wrap them as
+Ollama's middlewares do) → `engine` paces the plan from `tokens` → `wire` writes it the
+way Go's net/http does. `catalog` holds the models, `gojson` the Go encoding rules.
+
+Fault knobs are described in `faults`, control endpoints in `control`, and every metric
+is predictable with `tokens.expected_generation` (re-exported here).
+"""
+
+from __future__ import annotations
+
+from tests.emulator.app import create_app
+from tests.emulator.config import EmulatorConfig
+from tests.emulator.server import EmulatorServer
+from tests.emulator.tokens import (
+    Expected,
+    chat_prompt_tokens,
+    count_text_tokens,
+    embed_prompt_tokens,
+    embedding_vector,
+    expected_generation,
+    generate_prompt_tokens,
+)
+
+__all__ = [
+    "EmulatorConfig",
+    "EmulatorServer",
+    "Expected",
+    "chat_prompt_tokens",
+    "count_text_tokens",
+    "create_app",
+    "embed_prompt_tokens",
+    "embedding_vector",
+    "expected_generation",
+    "generate_prompt_tokens",
+]

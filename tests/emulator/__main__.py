@@ -1,0 +1,38 @@
+"""Run the emulator until Ctrl-C/SIGTERM.
+
+`python -m tests.emulator --port N [--token-delay S] [--version V] [--openai-layout new|old]`
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tests.emulator.config import OPENAI_LAYOUTS, EmulatorConfig
+from tests.emulator.server import serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.emulator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument(
+        "--first-token-delay", type=float, default=0.0, help="extra seconds before the first chunk"
+    )
+    parser.add_argument("--version", default="0.33.0", help="version reported by /api/version")
+    parser.add_argument("--openai-layout", choices=OPENAI_LAYOUTS, default="new")
+    args = parser.parse_args(argv)
+    config = EmulatorConfig(
+        token_delay=args.token_delay,
+        version=args.version,
+        openai_layout=args.openai_layout,
+        first_token_delay=args.first_token_delay,
+    )
+    print(
+        f"Ollama emulator {config.version} listening on http://{args.host}:{args.port}", flush=True
+    )
+    serve(config, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Runtime knobs of one emulator process (changeable live via POST /_emulator/config)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["OPENAI_LAYOUTS", "EmulatorConfig"]
+
+# "new" = the v0.32.6+ OpenAI chunk layout; "old" = the layout before it.
+OPENAI_LAYOUTS = ("new", "old")
+
+
+@dataclass
+class EmulatorConfig:
+    token_delay: float = 0.0
+    version: str = "0.33.0"
+    openai_layout: str = "new"
+    first_token_delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.openai_layout not in OPENAI_LAYOUTS:
+            raise ValueError(f"openai_layout must be one of {OPENAI_LAYOUTS}")
+        if self.token_delay < 0 or self.first_token_delay < 0:
+            raise ValueError("delays must be >= 0")
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply a partial update; unknown keys raise, so a typo in a test is loud."""
+        known = {f.name: f.type for f in fields(self)}
+        unknown = set(changes) - set(known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        previous = asdict(self)
+        for key, value in changes.items():
+            setattr(self, key, float(value) if key.endswith("delay") else str(value))
+        try:
+            self.validate()
+        except ValueError:
+            for key, value in previous.items():
+                setattr(self, key, value)
+            raise
+
+    def version_tuple(self) -> tuple[int, ...]:
+        return version_tuple(self.version)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    core = text.split("-", 1)[0]
+    return tuple(int(part) for part in core.split(".") if part.isdigit())

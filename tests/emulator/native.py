@@ -1,0 +1,451 @@
+"""Native inference: /api/generate, /api/chat, /api/embed, /api/embeddings.
+
+`prepare_generate` / `prepare_chat` validate a native request and return the stream
+of native response objects; the OpenAI and Anthropic layers reuse them exactly as
+Ollama's middlewares wrap the native handlers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+
+from tests.emulator import gojson, parsing
+from tests.emulator.catalog import ModelSpec, full_name, normalize
+from tests.emulator.engine import Step, run_steps
+from tests.emulator.faults import Fault
+from tests.emulator.state import EmulatorState
+from tests.emulator.tokens import (
+    WORDS,
+    Expected,
+    count_text_tokens,
+    embed_duration,
+    embed_prompt_tokens,
+    embedding_vector,
+    legacy_embedding,
+    plan_generation,
+)
+from tests.emulator.wire import (
+    JSON_PLAIN,
+    NDJSON,
+    ApiError,
+    CollectedResponse,
+    Failure,
+    GoResponse,
+    Item,
+    StreamResponse,
+    go_json,
+)
+
+__all__ = [
+    "NdjsonFramer",
+    "Prepared",
+    "chat",
+    "collect_chat",
+    "collect_generate",
+    "embed",
+    "embeddings",
+    "generate",
+    "go_quote",
+    "prepare_chat",
+    "prepare_embed",
+    "prepare_generate",
+]
+
+_METRIC_KEYS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
+
+
+def go_quote(text: str) -> str:
+    """Go's %q for the plain names that appear in Ollama's messages."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class Prepared:
+    model: str  # echoed exactly as the client sent it, like Ollama
+    spec: ModelSpec
+    stream: bool
+    plan: Expected | None = None
+    items: AsyncIterator[Item] | None = None
+    special: dict[str, Any] | None = None  # the load/unload object
+
+
+def _metrics(plan: Expected) -> dict[str, int]:
+    values = {key: getattr(plan, key) for key in _METRIC_KEYS}
+    return {key: value for key, value in values.items() if value}  # omitempty
+
+
+def _logprobs(token: str, position: int, top: int) -> list[dict[str, Any]]:
+    digest = hashlib.sha256(f"{position}\0{token}".encode()).digest()
+    entry: dict[str, Any] = {
+        "token": token,
+        "logprob": -round(0.0001 + digest[0] / 1000, 4),
+        "bytes": list(token.encode()),
+    }
+    if top:
+        alternatives = [token] + [f" {WORDS[(digest[i + 1]) % len(WORDS)]}" for i in range(top - 1)]
+        entry["top_logprobs"] = [
+            {
+                "token": alt,
+                "logprob": -round(0.0001 + digest[0] / 1000 + rank * 1.5, 4),
+                "bytes": list(alt.encode()),
+            }
+            for rank, alt in enumerate(alternatives)
+        ]
+    return [entry]
+
+
+def _check_top_logprobs(req: Mapping[str, Any]) -> int | None:
+    top = req.get("top_logprobs") or 0
+    if not 0 <= top <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+    return int(top) if req.get("logprobs") else None
+
+
+def _capabilities(spec: ModelSpec, model: str, want: Sequence[str], verb: str) -> None:
+    if "completion" not in spec.capabilities:
+        raise ApiError(400, f"{go_quote(model)} does not support {verb}")
+    missing = [cap for cap in want if cap not in spec.capabilities]
+    if missing:
+        raise ApiError(400, f"{full_name(spec.name)} does not support {' '.join(missing)}")
+
+
+def _check_think(spec: ModelSpec, model: str, think: bool | None) -> None:
+    if think and "thinking" not in spec.capabilities:
+        raise ApiError(400, f"{go_quote(model)} does not support thinking")
+
+
+def _lookup(state: EmulatorState, model: str) -> ModelSpec:
+    if normalize(model) is None:
+        raise ApiError(400, "invalid model name")
+    spec = state.catalog.lookup(model)
+    if spec is None:
+        raise ApiError(404, f"model '{model}' not found")
+    return spec
+
+
+def _special(model: str, kind: str, reason: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "created_at": gojson.rfc3339nano()}
+    if kind == "generate":
+        body["response"] = ""
+    else:
+        body["message"] = {"role": "assistant", "content": ""}
+    return {**body, "done": True, "done_reason": reason}
+
+
+def _generate_chunk(model: str, plan: Expected, step: Step, raw: bool) -> dict[str, Any]:
+    chunk: dict[str, Any] = {"model": model, "created_at": gojson.rfc3339nano(), "response": ""}
+    if step.final:
+        chunk.update(done=True, done_reason=plan.done_reason)
+        if not raw:
+            chunk["context"] = plan.context
+        chunk.update(_metrics(plan))
+    else:
+        chunk["response"] = step.content
+        if step.thinking:
+            chunk["thinking"] = step.thinking
+        chunk["done"] = False
+    return chunk
+
+
+def _chat_chunk(model: str, plan: Expected, step: Step) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": step.content}
+    if step.thinking:
+        message["thinking"] = step.thinking
+    if step.tool_calls:
+        message["tool_calls"] = step.tool_calls
+    chunk: dict[str, Any] = {
+        "model": model,
+        "created_at": gojson.rfc3339nano(),
+        "message": message,
+        "done": step.final,
+    }
+    if step.final:
+        chunk["done_reason"] = plan.done_reason
+        chunk.update(_metrics(plan))
+    return chunk
+
+
+async def _items(
+    steps: AsyncIterator[Step | Failure],
+    top: int | None,
+    chunk_of: Callable[[Step], dict[str, Any]],
+) -> AsyncIterator[Item]:
+    """One native object a step; a runner failure ends the stream; logprobs on request."""
+    position = 0
+    async for step in steps:
+        if isinstance(step, Failure):
+            yield step
+            return
+        chunk = chunk_of(step)
+        if not step.final and top is not None and step.content:
+            chunk["logprobs"] = _logprobs(step.content, position, top)
+            position += 1
+        yield chunk
+
+
+# (spec, num_predict, think) -> the plan; (plan, step) -> one native response object.
+_Planner = Callable[[ModelSpec, int | None, bool | None], Expected]
+_Chunker = Callable[[Expected, Step], dict[str, Any]]
+
+
+def _prepare(
+    state: EmulatorState,
+    req: Mapping[str, Any],
+    fault: Fault,
+    model: str,
+    verb: str,
+    has_input: bool,
+    want: Sequence[str],
+    top: int | None,
+    planner: _Planner,
+    chunk_of: _Chunker,
+) -> Prepared:
+    """What generate and chat share: options, load/unload without input, capabilities."""
+    spec = _lookup(state, model)
+    options = req.get("options")
+    parsing.validate_options(options)
+    keep_alive = parsing.parse_keep_alive(req.get("keep_alive"))
+    think = parsing.parse_think(req.get("think"))
+    stream = req.get("stream") is not False
+    if not has_input and keep_alive == 0:
+        state.catalog.touch(spec, 0)
+        return Prepared(model, spec, stream, special=_special(model, verb, "unload"))
+    _capabilities(spec, model, want, verb)
+    _check_think(spec, model, think)
+    state.catalog.touch(spec, keep_alive)
+    if not has_input:
+        return Prepared(model, spec, stream, special=_special(model, verb, "load"))
+    plan = planner(spec, parsing.num_predict(options), think)
+    steps = run_steps(plan, state.config, fault.with_options(options))
+    items = _items(steps, top, lambda step: chunk_of(plan, step))
+    return Prepared(model, spec, stream, plan, items)
+
+
+def prepare_generate(state: EmulatorState, req: Mapping[str, Any], fault: Fault) -> Prepared:
+    top = _check_top_logprobs(req)
+    model = str(req.get("model") or "")
+    if not model:
+        raise ApiError(404, "model '' not found")
+    raw = bool(req.get("raw"))
+    if raw and (req.get("template") or req.get("system") or req.get("context")):
+        raise ApiError(400, "raw mode does not support template, system, or context")
+    prompt = str(req.get("prompt") or "")
+
+    def planner(spec: ModelSpec, num_predict: int | None, think: bool | None) -> Expected:
+        return plan_generation(
+            spec,
+            model,
+            prompt,
+            num_predict,
+            think=think,
+            system=str(req.get("system") or ""),
+            raw=raw,
+            context=list(req.get("context") or []),
+        )
+
+    return _prepare(
+        state,
+        req,
+        fault,
+        model,
+        "generate",
+        bool(prompt),
+        ["insert"] if req.get("suffix") else [],
+        top,
+        planner,
+        lambda plan, step: _generate_chunk(model, plan, step, raw),
+    )
+
+
+def prepare_chat(state: EmulatorState, req: Mapping[str, Any], fault: Fault) -> Prepared:
+    top = _check_top_logprobs(req)
+    model = str(req.get("model") or "")
+    if not model:
+        raise ApiError(400, "model is required")
+    messages = [{**m, "role": str(m.get("role") or "").lower()} for m in req.get("messages") or []]
+    tools = list(req.get("tools") or [])
+
+    def planner(spec: ModelSpec, num_predict: int | None, think: bool | None) -> Expected:
+        return plan_generation(spec, model, messages, num_predict, think=think, tools=tools)
+
+    return _prepare(
+        state,
+        req,
+        fault,
+        model,
+        "chat",
+        bool(messages),
+        ["tools"] if tools else [],
+        top,
+        planner,
+        lambda plan, step: _chat_chunk(model, plan, step),
+    )
+
+
+def collect_generate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """stream:false: the last chunk with the full text (Ollama collects its own stream)."""
+    last = items[-1]
+    result: dict[str, Any] = {
+        "model": last["model"],
+        "created_at": last["created_at"],
+        "response": "".join(i.get("response", "") for i in items),
+    }
+    thinking = "".join(i.get("thinking", "") for i in items)
+    if thinking:
+        result["thinking"] = thinking
+    result.update((k, v) for k, v in last.items() if k not in result and k != "thinking")
+    logprobs = [lp for i in items for lp in i.get("logprobs", [])]
+    if logprobs:
+        result["logprobs"] = logprobs
+    return result
+
+
+def collect_chat(items: list[dict[str, Any]]) -> dict[str, Any]:
+    last = items[-1]
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(i["message"].get("content", "") for i in items),
+    }
+    thinking = "".join(i["message"].get("thinking", "") for i in items)
+    if thinking:
+        message["thinking"] = thinking
+    calls = [call for i in items for call in i["message"].get("tool_calls", [])]
+    if calls:
+        message["tool_calls"] = calls
+    result: dict[str, Any] = {
+        "model": last["model"],
+        "created_at": last["created_at"],
+        "message": message,
+        "done": True,
+        "done_reason": last.get("done_reason", "stop"),
+    }
+    logprobs = [lp for i in items for lp in i.get("logprobs", [])]
+    if logprobs:
+        result["logprobs"] = logprobs
+    result.update((k, last[k]) for k in _METRIC_KEYS if k in last)
+    return result
+
+
+class NdjsonFramer:
+    media_type = NDJSON
+    headers: Sequence[tuple[str, str]] = ()
+
+    def frames(self, item: dict[str, Any]) -> list[bytes]:
+        return [gojson.dumps_bytes(item, newline=True)]
+
+    def failure_frames(self, failure: Failure) -> list[bytes]:
+        return [gojson.dumps_bytes({"error": failure.message}, newline=True)]
+
+    def failure_response(self, failure: Failure) -> GoResponse:
+        # streamResponse sets Content-Type: application/json itself, so gin adds no charset.
+        return go_json({"error": failure.message}, failure.status, content_type=JSON_PLAIN)
+
+
+def respond_native(
+    prepared: Prepared, collect: Callable[[list[dict[str, Any]]], dict[str, Any]]
+) -> Any:
+    if prepared.special is not None or prepared.items is None:
+        return go_json(prepared.special)
+    if prepared.stream:
+        return StreamResponse(prepared.items, NdjsonFramer())
+    return CollectedResponse(
+        prepared.items,
+        lambda items: go_json(collect(items)),
+        lambda failure: go_json({"error": failure.message}, failure.status),
+    )
+
+
+async def generate(request: Request, state: EmulatorState, fault: Fault) -> Any:
+    req = parsing.decode_native(await request.body(), parsing.GENERATE)
+    return respond_native(prepare_generate(state, req, fault), collect_generate)
+
+
+async def chat(request: Request, state: EmulatorState, fault: Fault) -> Any:
+    req = parsing.decode_native(await request.body(), parsing.CHAT)
+    return respond_native(prepare_chat(state, req, fault), collect_chat)
+
+
+def _embed_lookup(state: EmulatorState, model: str) -> ModelSpec:
+    spec = state.catalog.lookup(model) if model else None
+    if spec is None:
+        raise ApiError(404, f"model {go_quote(model)} not found, try pulling it first")
+    return spec
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    model: str
+    vectors: list[list[gojson.F32]]
+    prompt_eval_count: int
+    total_duration: int
+    load_duration: int
+
+
+async def prepare_embed(state: EmulatorState, req: Mapping[str, Any]) -> EmbedResult:
+    model = str(req.get("model") or "")
+    spec = _embed_lookup(state, model)
+    parsing.validate_options(req.get("options"))
+    keep_alive = parsing.parse_keep_alive(req.get("keep_alive"))
+    raw_input = req.get("input")
+    if raw_input is None or isinstance(raw_input, str):
+        inputs = [raw_input] if raw_input else []
+    elif isinstance(raw_input, list) and all(isinstance(item, str) for item in raw_input):
+        inputs = list(raw_input)
+    else:
+        raise ApiError(400, "invalid input type")
+    if not inputs:
+        return EmbedResult(model, [], 0, 0, 0)
+    if req.get("truncate") is False and any(
+        count_text_tokens(text) > spec.context_length for text in inputs
+    ):
+        raise ApiError(400, "the input length exceeds the context length")
+    state.catalog.touch(spec, keep_alive)
+    if state.config.first_token_delay:
+        await anyio.sleep(state.config.first_token_delay)
+    dimensions = req.get("dimensions") or None
+    vectors = [
+        [gojson.F32(v) for v in embedding_vector(model, text, dimensions, spec=spec)]
+        for text in inputs
+    ]
+    count = embed_prompt_tokens(inputs)
+    total, load = embed_duration(model, count, spec=spec)
+    return EmbedResult(model, vectors, count, total, load)
+
+
+async def embed(request: Request, state: EmulatorState, fault: Fault) -> Any:
+    req = parsing.decode_native(await request.body(), parsing.EMBED)
+    result = await prepare_embed(state, req)
+    body: dict[str, Any] = {"model": result.model, "embeddings": result.vectors}
+    if result.vectors:
+        body.update(
+            total_duration=result.total_duration,
+            load_duration=result.load_duration,
+            prompt_eval_count=result.prompt_eval_count,
+        )
+    return go_json(body)
+
+
+async def embeddings(request: Request, state: EmulatorState, fault: Fault) -> Any:
+    req = parsing.decode_native(await request.body(), parsing.EMBEDDINGS)
+    model = str(req.get("model") or "")
+    spec = _embed_lookup(state, model)
+    parsing.validate_options(req.get("options"))
+    keep_alive = parsing.parse_keep_alive(req.get("keep_alive"))
+    prompt = str(req.get("prompt") or "")
+    if not prompt:
+        return go_json({"embedding": []})
+    state.catalog.touch(spec, keep_alive)
+    return go_json({"embedding": legacy_embedding(model, prompt, spec=spec)})

@@ -1,0 +1,18 @@
+"""Everything one emulator server owns, built in `create_app` and handed to each handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tests.emulator.catalog import Catalog
+from tests.emulator.config import EmulatorConfig
+from tests.emulator.requestlog import RequestLog
+
+__all__ = ["EmulatorState"]
+
+
+@dataclass
+class EmulatorState:
+    config: EmulatorConfig
+    catalog: Catalog = field(default_factory=Catalog.initial)
+    log: RequestLog = field(default_factory=RequestLog)

@@ -1,0 +1,83 @@
+"""The `ollama-metrics` command as a user runs it."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from app import __version__
+from tests.emulator import EmulatorServer
+from tests.support import ROOT, free_port, wait_until_listening
+
+
+def console_script() -> str:
+    # The entry point pip installed next to this interpreter, as `ollama-metrics` on PATH.
+    found = shutil.which("ollama-metrics", path=str(Path(sys.executable).parent))
+    assert found, "the ollama-metrics console script is not installed"
+    return found
+
+
+def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [console_script(), *args], capture_output=True, text=True, timeout=30, cwd=ROOT, **kwargs
+    )
+
+
+def test_version() -> None:
+    done = run("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"ollama-metrics {__version__}"
+
+
+def test_no_command_prints_help() -> None:
+    done = run()
+    assert done.returncode == 2
+    assert "proxy" in done.stdout
+
+
+def test_bad_upstream_is_a_clear_error_not_a_traceback() -> None:
+    done = run("proxy", "--upstream", "ftp://nowhere")
+    assert done.returncode == 2
+    assert "invalid OLLAMA_UPSTREAM" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run("proxy", "--port", str(port), "--upstream", "http://127.0.0.1:9")
+    assert done.returncode == 1
+    assert f"port {port}" in done.stderr
+    assert "already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_proxy_from_the_readme_forwards_and_stops_on_sigterm(emulator: EmulatorServer) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [console_script(), "proxy", "--port", str(port), "--upstream", emulator.url],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_listening(port, process)
+        answer = httpx.get(f"http://127.0.0.1:{port}/api/version")
+        assert answer.json() == {"version": emulator.config.version}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    # uvicorn shuts down cleanly, then re-raises the signal so the exit status says why.
+    assert process.returncode == -signal.SIGTERM
+    assert "app.main: stopped" in output
+    assert f"listening on http://127.0.0.1:{port}" in output
+    assert "GET /api/version 200" in output
