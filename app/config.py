@@ -8,6 +8,7 @@ arguments, which pydantic-settings ranks above the environment.
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -32,6 +33,20 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
+
+    metrics_max_models: int = Field(
+        100, ge=1, description="Distinct model label values before new ones become 'other'."
+    )
+    usage_injection: bool = Field(
+        True,
+        description="Ask Ollama for token usage on OpenAI-compatible streams and hide it again.",
+    )
+    prompt_category_rules: Path | None = Field(
+        None, description="JSON file of prompt category rules replacing the built-in ones."
+    )
+    ps_poll_interval: float = Field(
+        10.0, ge=0, description="Seconds between /api/ps polls for loaded models (0 = off)."
+    )
 
     @field_validator("ollama_upstream")
     @classmethod

@@ -1,7 +1,16 @@
 """The app factory: wires the forwarder, the proxy's own API and their shared lifespan.
 
-Routing is one dictionary lookup on the hot path: the proxy's own paths go to FastAPI,
-everything else to the forwarder, untouched.
+    client ──▶ ProxyApp ──▶ Forwarder (app.proxy) ──▶ Ollama
+                  │              │ feeds
+                  │              ▼
+                  │         ExchangeTap (app.exchange, reads with app.ollama)
+                  │              │ finished ExchangeRecord
+                  │              ▼
+                  │         Instruments (app.metrics) ... analytics sinks
+                  └──▶ own API (app.api): /metrics, /test
+
+Routing is one set lookup on the hot path: the proxy's own paths go to FastAPI, everything
+else to the forwarder, untouched.
 """
 
 from __future__ import annotations
@@ -13,7 +22,10 @@ from prometheus_client import CollectorRegistry
 
 from app.api.routes import create_api
 from app.config import Settings
+from app.exchange import Recorder
+from app.metrics.categories import Categoriser
 from app.metrics.instruments import Instruments
+from app.metrics.poller import LoadedModelsCollector, ModelPoller
 from app.proxy.relay import Forwarder
 from app.proxy.upstream import Upstream
 from app.types import Receive, Scope, Send
@@ -30,20 +42,39 @@ class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
-        self.instruments = Instruments(self.registry)
+        self.instruments = Instruments(self.registry, max_models=settings.metrics_max_models)
+        self.categoriser = (
+            Categoriser.from_file(settings.prompt_category_rules)
+            if settings.prompt_category_rules
+            else Categoriser.default()
+        )
+        self.recorder = Recorder(
+            sinks=[self.instruments],
+            categorise=self.categoriser.categorise,
+            inject_usage=settings.usage_injection,
+        )
         self.upstream = Upstream(
             settings.ollama_upstream,
             connect_timeout=settings.upstream_connect_timeout,
             max_connections=settings.upstream_max_connections,
         )
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
-        self.forwarder = Forwarder(self.upstream, self.instruments)
+        self.poller: ModelPoller | None = None
+        if settings.ps_poll_interval > 0:
+            self.poller = ModelPoller(
+                http=self.http,
+                url=settings.ollama_upstream,
+                interval=settings.ps_poll_interval,
+                collector=LoadedModelsCollector(registry=self.registry),
+                on_result=lambda ok: self.instruments.upstream_up.set(1 if ok else 0),
+            )
+        self.forwarder = Forwarder(self.upstream, self.recorder)
         self.api = create_api(
             upstream_url=self.upstream.public_url,
+            check_url=settings.ollama_upstream,
             registry=self.registry,
             instruments=self.instruments,
             http=self.http,
-            check_url=settings.ollama_upstream,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -56,9 +87,13 @@ class ProxyApp:
 
     async def startup(self) -> None:
         await self.upstream.open()
+        if self.poller is not None:
+            await self.poller.start()
         log.info("forwarding to Ollama at %s", self.upstream.public_url)
 
     async def shutdown(self) -> None:
+        if self.poller is not None:
+            await self.poller.stop()
         await self.upstream.close()
         await self.http.aclose()
         log.info("stopped")

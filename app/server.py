@@ -52,7 +52,13 @@ def run_proxy(settings: Settings) -> int:
             settings.proxy_host,
         )
         return 1
-    server = uvicorn.Server(uvicorn_config(settings))
+    try:
+        config = uvicorn_config(settings)
+    except ValueError as exc:
+        # A bad rules file and the like: the message names the file and what is wrong.
+        log.error("%s", exc)
+        return 2
+    server = uvicorn.Server(config)
     log.info(
         "ollama-metrics proxy listening on http://%s:%s -> %s",
         settings.proxy_host,

@@ -14,6 +14,19 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Request parts many tests send.
+CHAT = [{"role": "user", "content": "Why is the sky blue?"}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
 import socket
@@ -13,7 +15,7 @@ import httpx
 
 from app import __version__
 from tests.emulator import EmulatorServer
-from tests.support import ROOT, free_port, wait_until_listening
+from tests.support import ROOT, ProxyProcess, free_port, wait_until_listening
 
 
 def console_script() -> str:
@@ -81,3 +83,30 @@ def test_proxy_from_the_readme_forwards_and_stops_on_sigterm(emulator: EmulatorS
     assert "app.main: stopped" in output
     assert f"listening on http://127.0.0.1:{port}" in output
     assert "GET /api/version 200" in output
+
+
+def test_bad_category_rules_file_is_a_clear_error(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"categories": [{"name": "Bad Name", "patterns": ["x"]}]}')
+    done = run(
+        "proxy",
+        "--port",
+        str(free_port()),
+        "--upstream",
+        "http://127.0.0.1:9",
+        env={**os.environ, "PROMPT_CATEGORY_RULES": str(rules)},
+    )
+    assert done.returncode == 2
+    assert str(rules) in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_custom_category_rules_label_the_metrics(tmp_path: Path, emulator: EmulatorServer) -> None:
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"categories": [{"name": "weather", "patterns": ["\\bsky\\b"]}]}))
+    with ProxyProcess(emulator.url, env={"PROMPT_CATEGORY_RULES": str(rules)}) as proxy:
+        httpx.post(proxy.url + "/api/generate", json={"model": "llama3.2", "prompt": "Blue sky?"})
+        httpx.post(proxy.url + "/api/generate", json={"model": "llama3.2", "prompt": "Hello"})
+        text = httpx.get(proxy.url + "/metrics").text
+    assert 'category="weather"' in text
+    assert 'category="other"' in text

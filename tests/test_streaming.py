@@ -173,7 +173,9 @@ def test_one_gigabyte_upload_passes_with_flat_proxy_memory(
     assert seen[-1]["body_len"] == UPLOAD_BYTES
     assert seen[-1]["body_sha256"] == digest.hexdigest()
     growth = peak - baseline
-    print(f"proxy RSS {baseline / 1e6:.1f} MB, growth during the 1 GiB upload {growth / 1e6:.1f} MB")
+    print(
+        f"proxy RSS {baseline / 1e6:.1f} MB, growth during the 1 GiB upload {growth / 1e6:.1f} MB"
+    )
     assert growth < 50 * 1024 * 1024, f"proxy RSS grew by {growth / 1e6:.1f} MB"
 
 

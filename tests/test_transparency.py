@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.emulator import EmulatorServer
-from tests.support import ProxyProcess
+from tests.support import CHAT, TOOLS, ProxyProcess
 
 # Values that differ between two identical requests to Ollama itself: timestamps and ids.
 # Everything else must be byte-identical.
@@ -37,18 +37,6 @@ def comparable_headers(response: httpx.Response) -> list[tuple[str, str]]:
         (k.lower(), v) for k, v in response.headers.multi_items() if k.lower() not in skip
     )
 
-
-CHAT = [{"role": "user", "content": "Why is the sky blue?"}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "weather for a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-        },
-    }
-]
 
 # (method, path, JSON body or raw bytes or None, extra headers)
 CASES: list[tuple[str, str, Any, dict[str, str]]] = [

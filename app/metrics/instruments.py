@@ -1,4 +1,9 @@
-"""The proxy's Prometheus instruments, all on one registry built by the app factory."""
+"""The proxy's Prometheus instruments, all on one registry built by the app factory.
+
+``Instruments`` is a sink of ``app.exchange``: it turns each finished ``ExchangeRecord`` into
+counter and histogram updates, in memory. The metric names are a public contract,
+documented in ``docs/metrics.md``.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +12,226 @@ from prometheus_client import (
     Counter,
     Gauge,
     GCCollector,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
 )
 
-UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol")
+from app.metrics.labels import BoundedLabel
+from app.record import ExchangeRecord
+
+UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "midstream")
+
+# Cold model loads take minutes: the duration buckets reach 300 s.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+OLLAMA_PHASE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000, 10000)
+
+# OpenTelemetry GenAI semantic conventions: the spec's explicit bucket boundaries.
+GENAI_TOKEN_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+GENAI_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+GENAI_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+GENAI_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+
+GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
 
 
 class Instruments:
-    """Every metric the proxy exports. Implements ``app.proxy.relay.Observer``."""
+    """Every metric the proxy exports about the requests it forwards."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, max_models: int = 100) -> None:
         self.registry = registry
+        self.model_label = BoundedLabel("model", max_models)
+        # The labels each in-flight request was counted under, to decrement the same ones.
+        self._in_flight: dict[str, tuple[str, str]] = {}
         # The *_created series double the exposition for no use in Grafana.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-        self.upstream_up = Gauge(
-            "ollama_upstream_up",
-            "1 when the last attempt to reach Ollama succeeded, 0 when it failed.",
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def histogram(
+            name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+        ) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+
+        self.requests = counter(
+            "ollama_requests",
+            "Requests forwarded to Ollama, by endpoint, model, HTTP status and prompt category.",
+            ("endpoint", "model", "status", "category"),
+        )
+        self.duration = histogram(
+            "ollama_request_duration_seconds",
+            "Time from request arrival to the last byte of the answer.",
+            ("endpoint", "model"),
+            DURATION_BUCKETS,
+        )
+        self.ttft = histogram(
+            "ollama_time_to_first_token_seconds",
+            "Streamed requests: time from request arrival to the first generated token.",
+            ("endpoint", "model"),
+            TTFT_BUCKETS,
+        )
+        self.tokens = counter(
+            "ollama_tokens",
+            "Tokens as Ollama counted them: type is prompt (prompt_eval_count) or completion.",
+            ("model", "type", "category"),
+        )
+        self.tokens_per_second = histogram(
+            "ollama_tokens_per_second",
+            "Speed from Ollama's own durations: phase prompt (evaluation) or generation.",
+            ("model", "phase"),
+            RATE_BUCKETS,
+        )
+        self.load_duration = histogram(
+            "ollama_load_duration_seconds",
+            "Ollama's load_duration: queueing plus model load (cold) or lookup (warm).",
+            ("model",),
+            OLLAMA_PHASE_BUCKETS,
+        )
+        self.prompt_eval_duration = histogram(
+            "ollama_prompt_eval_duration_seconds",
+            "Ollama's prompt_eval_duration: time to evaluate the new prompt tokens.",
+            ("model",),
+            OLLAMA_PHASE_BUCKETS,
+        )
+        self.eval_duration = histogram(
+            "ollama_eval_duration_seconds",
+            "Ollama's eval_duration: time spent generating the completion.",
+            ("model",),
+            DURATION_BUCKETS,
+        )
+        self.in_flight = Gauge(
+            "ollama_requests_in_flight",
+            "Requests forwarded to Ollama and not yet answered in full.",
+            ("endpoint", "model"),
             registry=registry,
         )
-        self.upstream_errors = Counter(
-            "ollama_upstream_errors",
-            "Requests that failed to reach Ollama or were broken off by it, by reason.",
-            ["reason"],
+        self.upstream_up = Gauge(
+            "ollama_upstream_up",
+            "1 when the last attempt to reach Ollama succeeded, 0 when it could not connect.",
             registry=registry,
+        )
+        self.upstream_errors = counter(
+            "ollama_upstream_errors",
+            "Requests that could not reach Ollama or that it broke off, by reason.",
+            ("reason",),
         )
         for reason in UPSTREAM_ERROR_REASONS:
             self.upstream_errors.labels(reason)
 
-    def upstream_reached(self) -> None:
-        self.upstream_up.set(1)
+        self.genai_tokens = histogram(
+            "gen_ai_client_token_usage",
+            "OpenTelemetry GenAI: tokens used per operation (input or output).",
+            (*GENAI_LABELS, "gen_ai_token_type"),
+            GENAI_TOKEN_BUCKETS,
+        )
+        self.genai_duration = histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "OpenTelemetry GenAI: duration of the operation as the proxy saw it.",
+            (*GENAI_LABELS, "error_type"),
+            GENAI_DURATION_BUCKETS,
+        )
+        self.genai_ttft = histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "OpenTelemetry GenAI: time to the first generated token of successful streams.",
+            GENAI_LABELS,
+            GENAI_TTFT_BUCKETS,
+        )
+        self.genai_tpot = histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "OpenTelemetry GenAI: time per output token after the first, for successes.",
+            GENAI_LABELS,
+            GENAI_TPOT_BUCKETS,
+        )
 
-    def upstream_failed(self, reason: str) -> None:
-        self.upstream_errors.labels(reason).inc()
-        if reason == "connect":
-            self.upstream_up.set(0)
+    # -- the sink interface of app.exchange ------------------------------------------------
+
+    def started(self, request_id: str, endpoint: str, model: str) -> None:
+        # Not admitted yet: a name is only trusted once Ollama answered it without error.
+        labels = (endpoint, self.model_label(model, admit=False))
+        self._in_flight[request_id] = labels
+        self.in_flight.labels(*labels).inc()
+
+    def finished(self, record: ExchangeRecord) -> None:
+        labels = self._in_flight.pop(record.id, None)
+        if labels is not None:
+            self.in_flight.labels(*labels).dec()
+        model = self.model_label(record.model, admit=record.status < 400)
+        endpoint = record.endpoint
+        exemplar = {"request_id": record.id}
+        self.requests.labels(endpoint, model, str(record.status), record.category).inc()
+        self.duration.labels(endpoint, model).observe(record.duration_s, exemplar)
+        if record.ttft_s is not None:
+            self.ttft.labels(endpoint, model).observe(record.ttft_s, exemplar)
+        if record.upstream_error is not None:
+            self.upstream_errors.labels(record.upstream_error).inc()
+        self.upstream_up.set(0 if record.upstream_error == "connect" else 1)
+
+        if record.prompt_tokens:
+            self.tokens.labels(model, "prompt", record.category).inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self.tokens.labels(model, "completion", record.category).inc(record.completion_tokens)
+        if record.ollama_load_s is not None:
+            self.load_duration.labels(model).observe(record.ollama_load_s)
+        if record.ollama_prompt_eval_s is not None:
+            self.prompt_eval_duration.labels(model).observe(record.ollama_prompt_eval_s)
+        if record.ollama_eval_s is not None:
+            self.eval_duration.labels(model).observe(record.ollama_eval_s)
+        if (rate := record.prompt_tokens_per_second) is not None:
+            self.tokens_per_second.labels(model, "prompt").observe(rate)
+        if (rate := record.tokens_per_second) is not None:
+            self.tokens_per_second.labels(model, "generation").observe(rate)
+        self._genai(record, model, exemplar)
+
+    def _genai(self, record: ExchangeRecord, model: str, exemplar: dict[str, str]) -> None:
+        operation = record.operation
+        if operation is None:
+            return
+        labels = (operation, "ollama", model)
+        failed = record.status >= 400 or record.upstream_error is not None or record.cancelled
+        error_type = _error_type(record) if failed else ""
+        self.genai_duration.labels(*labels, error_type).observe(record.duration_s, exemplar)
+        if record.prompt_tokens:
+            self.genai_tokens.labels(*labels, "input").observe(record.prompt_tokens)
+        if record.completion_tokens:
+            self.genai_tokens.labels(*labels, "output").observe(record.completion_tokens)
+        if failed:
+            return
+        if record.ttft_s is not None:
+            self.genai_ttft.labels(*labels).observe(record.ttft_s, exemplar)
+        per_token = _time_per_output_token(record)
+        if per_token is not None:
+            self.genai_tpot.labels(*labels).observe(per_token)
+
+
+def _error_type(record: ExchangeRecord) -> str:
+    if record.cancelled:
+        return "cancelled"
+    if record.upstream_error is not None:
+        return record.upstream_error
+    return str(record.status)
+
+
+def _time_per_output_token(record: ExchangeRecord) -> float | None:
+    """Ollama's own eval_duration / eval_count when it reports them (native API); otherwise
+    the time after the first token spread over the remaining tokens of a stream."""
+    tokens = record.completion_tokens
+    if not tokens:
+        return None
+    if record.ollama_eval_s:
+        return record.ollama_eval_s / tokens
+    if record.ttft_s is not None and tokens > 1:
+        return max(record.duration_s - record.ttft_s, 0.0) / (tokens - 1)
+    return None

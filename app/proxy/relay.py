@@ -30,12 +30,31 @@ _SMALL_BODY = 64 * 1024
 _WATCH_AFTER = 0.05
 
 
-class Observer(Protocol):
-    """What the forwarder reports; the app wiring turns it into metrics."""
+class Tap(Protocol):
+    """What watches one exchange (``app.exchange.ExchangeTap``); the forwarder only feeds it.
 
-    def upstream_reached(self) -> None: ...
+    ``begin`` and ``response_chunk`` may change the bytes (usage injection); every other
+    method only observes. A tap never raises.
+    """
 
-    def upstream_failed(self, reason: str) -> None: ...
+    request_bytes: int
+
+    @property
+    def inspect_request(self) -> bool: ...
+
+    def begin(self, body: bytes | None) -> bytes | None: ...
+
+    def response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def response_chunk(self, chunk: bytes) -> bytes: ...
+
+    def response_end(self) -> bytes: ...
+
+    def close(self, *, client_gone: bool, error_reason: str | None, error: str | None) -> None: ...
+
+
+class Taps(Protocol):
+    def open(self, scope: Scope) -> Tap: ...
 
 
 class _ClientGone(Exception):
@@ -51,10 +70,20 @@ class _Exchange:
     pay for it, and a client leaving a long generation is noticed within that delay.
     """
 
-    __slots__ = ("client_gone", "finished", "relay_task", "timer", "watcher")
+    __slots__ = (
+        "client_gone",
+        "error",
+        "error_reason",
+        "finished",
+        "relay_task",
+        "timer",
+        "watcher",
+    )
 
     def __init__(self) -> None:
         self.client_gone = False
+        self.error_reason: str | None = None
+        self.error: str | None = None
         self.finished = False
         self.relay_task = asyncio.current_task()
         self.timer: asyncio.TimerHandle | None = None
@@ -87,9 +116,9 @@ class _Exchange:
 
 
 class Forwarder:
-    def __init__(self, upstream: Upstream, observer: Observer) -> None:
+    def __init__(self, upstream: Upstream, taps: Taps) -> None:
         self.upstream = upstream
-        self.observer = observer
+        self.taps = taps
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,26 +128,11 @@ class Forwarder:
         started = time.perf_counter()
         method: str = scope["method"]
         path: str = scope["path"]
-        url = self.upstream.url_for(scope.get("raw_path") or path.encode(), scope["query_string"])
-        headers = upstream_request_headers(
-            scope["headers"], self.upstream.host_header, self.upstream.authorization
-        )
-
-        first = await receive()
-        if first["type"] == "http.disconnect":
-            return
+        tap = self.taps.open(scope)
         exchange = _Exchange()
-        body: bytes = first.get("body", b"")
-        data: bytes | AsyncIterator[bytes] | None
-        if first.get("more_body"):
-            data = _stream_body(body, receive, exchange)
-        else:
-            data = body or None
-            exchange.watch(receive)
-
         status = 0
         try:
-            status = await self._relay(method, url, headers, data, path, send, exchange)
+            status = await self._forward(scope, receive, send, tap, exchange)
         except asyncio.CancelledError:
             if not exchange.client_gone:
                 raise
@@ -129,6 +143,11 @@ class Forwarder:
                 task.uncancel()
         finally:
             exchange.stop_watching()
+            tap.close(
+                client_gone=exchange.client_gone,
+                error_reason=exchange.error_reason,
+                error=exchange.error,
+            )
         log.info(
             "%s %s %s %.1fms%s",
             method,
@@ -136,6 +155,41 @@ class Forwarder:
             status or "-",
             (time.perf_counter() - started) * 1000,
             " (client disconnected)" if exchange.client_gone else "",
+        )
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, tap: Tap, exchange: _Exchange
+    ) -> int:
+        url = self.upstream.url_for(
+            scope.get("raw_path") or scope["path"].encode(), scope["query_string"]
+        )
+        headers = upstream_request_headers(
+            scope["headers"], self.upstream.host_header, self.upstream.authorization
+        )
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            exchange.client_gone = True
+            return 0
+        body: bytes = first.get("body", b"")
+        more: bool = first.get("more_body", False)
+        if more and tap.inspect_request:
+            body, more = await _read_for_inspection(body, receive, exchange)
+        data: bytes | AsyncIterator[bytes] | None
+        if more:
+            # Too large to inspect, or not worth it (blob uploads): stream it as it comes.
+            tap.begin(None)
+            data = _stream_body(body, receive, exchange, tap)
+        else:
+            sent = tap.begin(body) if tap.inspect_request else tap.begin(None)
+            if sent is not None and sent is not body:
+                # Rewritten (usage injection): aiohttp sets the new length.
+                headers = [h for h in headers if h[0].lower() != "content-length"]
+                body = sent
+            tap.request_bytes = tap.request_bytes or len(body)
+            data = body or None
+            exchange.watch(receive)
+        return await self._relay(
+            scope["method"], url, headers, data, scope["path"], send, tap, exchange
         )
 
     async def _relay(
@@ -146,27 +200,23 @@ class Forwarder:
         data: bytes | AsyncIterator[bytes] | None,
         path: str,
         send: Send,
+        tap: Tap,
         exchange: _Exchange,
     ) -> int:
         try:
             response = await self.upstream.session.request(
-                method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
+                method, url, headers=headers, data=data, allow_redirects=False
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if exchange.client_gone:
                 raise asyncio.CancelledError from exc
             error = classify(exc, self.upstream.public_url)
-            self.observer.upstream_failed(error.reason)
+            exchange.error_reason, exchange.error = error.reason, error.message
             log.warning("%s %s: %s", method, path, error.message)
             await _send_error(send, path, error)
             return 502
-        self.observer.upstream_reached()
         try:
-            await self._relay_response(response, path, send, exchange)
+            await self._relay_response(response, path, send, tap, exchange)
         finally:
             if exchange.finished:
                 response.release()
@@ -177,40 +227,75 @@ class Forwarder:
         return response.status
 
     async def _relay_response(
-        self, response: aiohttp.ClientResponse, path: str, send: Send, exchange: _Exchange
+        self,
+        response: aiohttp.ClientResponse,
+        path: str,
+        send: Send,
+        tap: Tap,
+        exchange: _Exchange,
     ) -> None:
         headers = client_response_headers(response.raw_headers)
+        tap.response_start(response.status, headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         length = response.content_length
         try:
             if length is not None and length <= _SMALL_BODY:
-                body = await response.read()
+                body = tap.response_chunk(await response.read()) + tap.response_end()
                 exchange.finished = True
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
             async for chunk in response.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                out = tap.response_chunk(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
         except (aiohttp.ClientError, OSError) as exc:
             error = classify(exc, self.upstream.public_url)
-            self.observer.upstream_failed(error.reason)
+            exchange.error_reason, exchange.error = error.reason, error.message
             log.warning("%s: %s (mid-response)", path, error.message)
-            tail = stream_error_event(
-                path, response.headers.get("Content-Type", "").encode("latin-1"), error.message
-            )
+            held = tap.response_end()
+            ctype = response.headers.get("Content-Type", "").encode("latin-1")
+            tail = stream_error_event(path, ctype, error.message)
             exchange.finished = True
             if tail is not None:
-                await send({"type": "http.response.body", "body": tail, "more_body": False})
+                await send({"type": "http.response.body", "body": held + tail, "more_body": False})
             # Otherwise there is no way to say it in this body: return without completing it,
             # so uvicorn drops the connection and the client sees a truncated response, as it
             # would directly.
             return
         exchange.finished = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": tap.response_end(), "more_body": False})
 
 
-async def _stream_body(first: bytes, receive: Receive, exchange: _Exchange) -> AsyncIterator[bytes]:
+# The most of a request body that is read whole to learn its model and prompt; larger
+# bodies (images, blobs) are streamed unread.
+INSPECT_MAX_BYTES = 32 * 1024 * 1024
+
+
+async def _read_for_inspection(
+    first: bytes, receive: Receive, exchange: _Exchange
+) -> tuple[bytes, bool]:
+    """Read the body whole if it fits ``INSPECT_MAX_BYTES``; returns (bytes so far, more)."""
+    parts = [first]
+    size = len(first)
+    while size <= INSPECT_MAX_BYTES:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            exchange.client_gone = True
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        parts.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts), False
+    return b"".join(parts), True
+
+
+async def _stream_body(
+    first: bytes, receive: Receive, exchange: _Exchange, tap: Tap
+) -> AsyncIterator[bytes]:
     """The client's request body, passed on chunk by chunk and never held whole."""
     if first:
+        tap.request_bytes += len(first)
         yield first
     while True:
         message = await receive()
@@ -219,6 +304,7 @@ async def _stream_body(first: bytes, receive: Receive, exchange: _Exchange) -> A
             raise _ClientGone
         chunk = message.get("body", b"")
         if chunk:
+            tap.request_bytes += len(chunk)
             yield chunk
         if not message.get("more_body"):
             break

@@ -1,0 +1,240 @@
+"""Watching one request go by: the tap the forwarder feeds, and the recorder that makes taps.
+
+The forwarder (``app.proxy``) hands every request to a tap: the request body (which may be
+rewritten for usage injection), each response chunk (which may be filtered), and the end.
+The tap reads them with ``app.ollama`` and, at the end, builds one ``ExchangeRecord`` that the
+recorder hands to its sinks (Prometheus instruments; analytics). Sinks are called in the
+request's task and must not block: metrics are in memory, analytics only enqueue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from app.ollama.endpoints import Endpoint, classify
+from app.ollama.requests import NO_FACTS, RequestFacts, read_request
+from app.ollama.streams import Answer, Reader, reader_for
+from app.proxy.headers import STREAM_CONTENT_TYPES
+from app.record import ExchangeRecord, new_record_id
+from app.types import Scope
+
+log = logging.getLogger(__name__)
+
+# Label value for requests that carry no prompt to categorise.
+NO_CATEGORY = "none"
+
+
+class Sink(Protocol):
+    def started(self, request_id: str, endpoint: str, model: str) -> None: ...
+
+    def finished(self, record: ExchangeRecord) -> None: ...
+
+
+class Recorder:
+    """Makes a tap for each request and hands each finished record to the sinks."""
+
+    def __init__(
+        self,
+        *,
+        sinks: Sequence[Sink],
+        categorise: Callable[[str], str],
+        inject_usage: bool = True,
+        text_limit: int = 1 << 20,
+        max_json_bytes: int = 64 << 20,
+    ) -> None:
+        self.sinks = tuple(sinks)
+        self.categorise = categorise
+        self.inject_usage = inject_usage
+        self.text_limit = text_limit
+        self.max_json_bytes = max_json_bytes
+
+    def open(self, scope: Scope) -> ExchangeTap:
+        return ExchangeTap(self, scope)
+
+    def started(self, request_id: str, endpoint: str, model: str) -> None:
+        for sink in self.sinks:
+            try:
+                sink.started(request_id, endpoint, model)
+            except Exception:
+                log.exception("metrics sink %r failed", sink)
+
+    def finished(self, record: ExchangeRecord) -> None:
+        for sink in self.sinks:
+            try:
+                sink.finished(record)
+            except Exception:
+                log.exception("sink %r failed on record %s", sink, record.id)
+
+
+class ExchangeTap:
+    """The observer of one request; implements ``app.proxy.relay.Tap``."""
+
+    __slots__ = (
+        "answer",
+        "begun",
+        "category",
+        "endpoint",
+        "facts",
+        "id",
+        "reader",
+        "recorder",
+        "request_bytes",
+        "response_bytes",
+        "scope",
+        "started",
+        "started_wall",
+        "status",
+        "streamed",
+    )
+
+    def __init__(self, recorder: Recorder, scope: Scope) -> None:
+        self.recorder = recorder
+        self.scope = scope
+        self.started = time.perf_counter()
+        self.started_wall = time.time()
+        self.id = new_record_id(self.started_wall)
+        self.endpoint: Endpoint = classify(scope["path"])
+        self.facts: RequestFacts = NO_FACTS
+        self.category = NO_CATEGORY
+        self.status = 0
+        self.answer: Answer | None = None
+        self.reader: Reader | None = None
+        self.request_bytes = 0
+        self.response_bytes = 0
+        self.begun = False
+        self.streamed = False
+
+    @property
+    def inspect_request(self) -> bool:
+        """Whether the forwarder should hand over the whole request body before sending it."""
+        return self.endpoint.reads_body and self.scope["method"] == "POST"
+
+    def begin(self, body: bytes | None) -> bytes | None:
+        """Called once before the request goes upstream; returns the body to send."""
+        if body is not None:
+            self.request_bytes = len(body)
+            self.facts, body = read_request(
+                self.endpoint, body, inject_usage=self.recorder.inject_usage
+            )
+            if self.endpoint.operation in ("chat", "text_completion"):
+                self.category = self.recorder.categorise(self.facts.prompt)
+        self.begun = True
+        self.recorder.started(self.id, self.endpoint.label, self.facts.model)
+        return body
+
+    def response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+        self.streamed = content_type.lower().startswith(STREAM_CONTENT_TYPES)
+        self.answer = Answer(text_limit=self.recorder.text_limit)
+        self.reader = reader_for(
+            self.answer,
+            self.endpoint.shape,
+            content_type,
+            status=status,
+            strip_usage=self.facts.usage_injected and status == 200,
+            max_json_bytes=self.recorder.max_json_bytes,
+        )
+
+    def response_chunk(self, chunk: bytes) -> bytes:
+        self.response_bytes += len(chunk)
+        if self.reader is None:
+            return chunk
+        try:
+            return self.reader.feed(chunk, time.perf_counter())
+        except Exception:
+            # A reader bug must never cost the client its answer: stop reading, pass bytes on.
+            log.exception("could not read the answer to %s", self.scope["path"])
+            self.reader = None
+            return chunk
+
+    def response_end(self) -> bytes:
+        if self.reader is None:
+            return b""
+        try:
+            return self.reader.end(time.perf_counter())
+        except Exception:
+            log.exception("could not read the end of the answer to %s", self.scope["path"])
+            return b""
+
+    def close(self, *, client_gone: bool, error_reason: str | None, error: str | None) -> None:
+        """The exchange is over; build its record. Never raises."""
+        if not self.begun:
+            # The client left before the request went upstream: balance the in-flight count.
+            self.begun = True
+            self.recorder.started(self.id, self.endpoint.label, self.facts.model)
+        try:
+            self.recorder.finished(self._record(client_gone, error_reason, error))
+        except Exception:
+            log.exception("could not record %s %s", self.scope["method"], self.scope["path"])
+
+    def _record(
+        self, client_gone: bool, error_reason: str | None, error: str | None
+    ) -> ExchangeRecord:
+        now = time.perf_counter()
+        answer = self.answer or Answer(text_limit=0)
+        status = self.status or (499 if client_gone else 502)
+        streamed = self.streamed
+        # Only a stream whose reader knows its end marker can be judged cut short.
+        judged = streamed and self.reader is not None
+        broken = answer.error is not None or not answer.complete
+        if error_reason is None and not client_gone and judged and status == 200 and broken:
+            # Ollama reported a failure inside the stream, or the stream stopped early.
+            error_reason = "midstream"
+        if error is None:
+            error = answer.error
+        if error is None and error_reason == "midstream":
+            error = "the stream ended before Ollama finished it"
+        ttft = None
+        if streamed and answer.first_token_at is not None:
+            ttft = answer.first_token_at - self.started
+        scope = self.scope
+        client = scope.get("client")
+        return ExchangeRecord(
+            id=self.id,
+            timestamp=self.started_wall,
+            method=scope["method"],
+            path=scope["path"],
+            endpoint=self.endpoint.label,
+            operation=self.endpoint.operation,
+            model=self.facts.model,
+            category=self.category,
+            client=client[0] if client else "",
+            user_agent=_header(scope, b"user-agent"),
+            status=status,
+            streamed=streamed,
+            prompt=self.facts.prompt,
+            response=str(answer.text),
+            thinking=str(answer.thinking),
+            tool_calls=tuple(answer.tool_calls),
+            error=error,
+            upstream_error=error_reason,
+            done_reason=answer.done_reason,
+            cancelled=client_gone,
+            text_truncated=answer.text.truncated or answer.thinking.truncated,
+            duration_s=now - self.started,
+            ttft_s=ttft,
+            ollama_total_s=_seconds(answer.total_duration_ns),
+            ollama_load_s=_seconds(answer.load_duration_ns),
+            ollama_prompt_eval_s=_seconds(answer.prompt_eval_duration_ns),
+            ollama_eval_s=_seconds(answer.eval_duration_ns),
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            request_bytes=self.request_bytes,
+            response_bytes=self.response_bytes,
+            usage_injected=self.facts.usage_injected,
+        )
+
+
+def _seconds(ns: int | None) -> float | None:
+    return None if not ns else ns / 1e9
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return ""

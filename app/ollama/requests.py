@@ -1,0 +1,107 @@
+"""What a request body says: the model, whether it streams, the prompt; and usage injection.
+
+OpenAI-compatible streams carry token counts only when the client asked for them with
+``stream_options.include_usage``. When it did not, the proxy asks on its behalf (the request
+is rewritten here) and ``app.ollama.streams`` removes the extra usage from what the client
+receives, so the client sees the stream it would have seen without the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from app.ollama.endpoints import Endpoint
+from app.ollama.models import normalise_model
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    model: str = ""
+    stream: bool = False
+    prompt: str = ""
+    # The proxy added include_usage; the usage it brings must not reach the client.
+    usage_injected: bool = False
+
+
+NO_FACTS = RequestFacts()
+
+
+def read_request(
+    endpoint: Endpoint, body: bytes, *, inject_usage: bool
+) -> tuple[RequestFacts, bytes]:
+    """The facts of a request body, and the body to send upstream (rewritten or the same).
+
+    A body that is not a JSON object is Ollama's to refuse: it is passed on untouched.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return NO_FACTS, body
+    if not isinstance(data, dict):
+        return NO_FACTS, body
+    model = data.get("model")
+    if not isinstance(model, str):
+        model = data.get("name") if endpoint.label == "/api/show" else None
+    stream = data.get("stream")
+    if not isinstance(stream, bool):
+        stream = endpoint.streams_by_default
+    facts = RequestFacts(
+        model=normalise_model(model) if isinstance(model, str) else "",
+        stream=stream,
+        prompt=_prompt(endpoint, data),
+    )
+    if inject_usage and stream and endpoint.shape in ("openai_chat", "openai_completions"):
+        options = data.get("stream_options")
+        if not isinstance(options, dict):
+            options = {}
+        if options.get("include_usage") is not True:
+            data["stream_options"] = {**options, "include_usage": True}
+            rewritten = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+            return (
+                RequestFacts(facts.model, facts.stream, facts.prompt, usage_injected=True),
+                rewritten,
+            )
+    return facts, body
+
+
+def _prompt(endpoint: Endpoint, data: dict[str, Any]) -> str:
+    """The text that says what the user wants: the prompt, or the last user message."""
+    shape = endpoint.shape
+    if shape in ("generate", "openai_completions"):
+        prompt = data.get("prompt")
+        if isinstance(prompt, list):
+            prompt = next((p for p in reversed(prompt) if isinstance(p, str)), "")
+        return prompt if isinstance(prompt, str) else ""
+    if shape in ("chat", "openai_chat", "anthropic_messages"):
+        messages = data.get("messages")
+        if not isinstance(messages, list):
+            return ""
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return _text_of(message.get("content"))
+        return ""
+    if shape in ("embed", "openai_embeddings"):
+        text = data.get("input")
+        if isinstance(text, list):
+            return "\n".join(item for item in text if isinstance(item, str))
+        return text if isinstance(text, str) else ""
+    if shape == "embeddings":
+        text = data.get("prompt")
+        return text if isinstance(text, str) else ""
+    return ""
+
+
+def _text_of(content: object) -> str:
+    """Message content as text: a string, or the text parts of an OpenAI/Anthropic part list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        ]
+        return "\n".join(parts)
+    return ""

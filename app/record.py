@@ -1,0 +1,73 @@
+"""The finished record of one proxied request: what metrics and analytics receive."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_record_id(now: float | None = None) -> str:
+    """A ULID: 26 characters, sortable by creation time (ms), unique (80 random bits)."""
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRecord:
+    id: str
+    timestamp: float  # Unix seconds, UTC, when the request arrived
+    method: str
+    path: str
+    endpoint: str  # bounded label value
+    operation: str | None  # OpenTelemetry GenAI operation: chat, text_completion, embeddings
+    model: str  # normalised model name as the client asked ("" when none)
+    category: str
+    client: str
+    user_agent: str
+    status: int  # HTTP status sent to the client; 499 when it left before any answer
+    streamed: bool
+    prompt: str
+    response: str
+    thinking: str
+    tool_calls: tuple[Any, ...] = ()
+    error: str | None = None
+    # Why the exchange failed on the upstream side: connect, timeout, reset, protocol, midstream.
+    upstream_error: str | None = None
+    done_reason: str | None = None
+    cancelled: bool = False
+    text_truncated: bool = False
+    duration_s: float = 0.0
+    ttft_s: float | None = None
+    ollama_total_s: float | None = None
+    ollama_load_s: float | None = None
+    ollama_prompt_eval_s: float | None = None
+    ollama_eval_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    usage_injected: bool = False
+
+    @property
+    def prompt_tokens_per_second(self) -> float | None:
+        return _rate(self.prompt_tokens, self.ollama_prompt_eval_s)
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Generation speed as Ollama measured it (eval_count / eval_duration)."""
+        return _rate(self.completion_tokens, self.ollama_eval_s)
+
+
+def _rate(count: int | None, seconds: float | None) -> float | None:
+    if not count or not seconds:
+        return None
+    return count / seconds

@@ -1,0 +1,185 @@
+"""Instruments on a fresh registry, fed synthetic records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from app.metrics.instruments import Instruments
+from app.metrics.labels import BoundedLabel
+from app.record import ExchangeRecord, new_record_id
+
+BASE = ExchangeRecord(
+    id="01JTEST0000000000000000000",
+    timestamp=0.0,
+    method="POST",
+    path="/api/chat",
+    endpoint="/api/chat",
+    operation="chat",
+    model="llama3.2:latest",
+    category="question",
+    client="127.0.0.1",
+    user_agent="t",
+    status=200,
+    streamed=True,
+    prompt="Why?",
+    response="Because.",
+    thinking="",
+    duration_s=2.0,
+    ttft_s=0.5,
+    ollama_total_s=1.9,
+    ollama_load_s=0.1,
+    ollama_prompt_eval_s=0.2,
+    ollama_eval_s=1.5,
+    prompt_tokens=20,
+    completion_tokens=30,
+)
+
+
+@pytest.fixture
+def metrics() -> tuple[Instruments, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return Instruments(registry, max_models=2), registry
+
+
+def finish(instruments: Instruments, **changes: object) -> ExchangeRecord:
+    record = dataclasses.replace(BASE, id=new_record_id(), **changes)  # type: ignore[arg-type]
+    instruments.started(record.id, record.endpoint, record.model)
+    instruments.finished(record)
+    return record
+
+
+def test_one_record_updates_every_family(metrics: tuple[Instruments, CollectorRegistry]) -> None:
+    instruments, registry = metrics
+    finish(instruments)
+    value = registry.get_sample_value
+    model = {"model": "llama3.2:latest"}
+    assert (
+        value(
+            "ollama_requests_total",
+            {"endpoint": "/api/chat", "status": "200", "category": "question", **model},
+        )
+        == 1
+    )
+    assert value("ollama_tokens_total", {"type": "prompt", "category": "question", **model}) == 20
+    assert (
+        value("ollama_tokens_total", {"type": "completion", "category": "question", **model}) == 30
+    )
+    assert value("ollama_request_duration_seconds_sum", {"endpoint": "/api/chat", **model}) == 2.0
+    assert (
+        value("ollama_time_to_first_token_seconds_sum", {"endpoint": "/api/chat", **model}) == 0.5
+    )
+    assert value("ollama_tokens_per_second_sum", {"phase": "generation", **model}) == 20.0
+    assert value("ollama_tokens_per_second_sum", {"phase": "prompt", **model}) == 100.0
+    assert value("ollama_load_duration_seconds_sum", model) == 0.1
+    assert value("ollama_eval_duration_seconds_count", model) == 1
+    genai = {
+        "gen_ai_operation_name": "chat",
+        "gen_ai_provider_name": "ollama",
+        "gen_ai_request_model": "llama3.2:latest",
+    }
+    assert value("gen_ai_client_token_usage_sum", {**genai, "gen_ai_token_type": "input"}) == 20
+    assert value("gen_ai_client_token_usage_sum", {**genai, "gen_ai_token_type": "output"}) == 30
+    assert value("gen_ai_client_operation_duration_seconds_count", {**genai, "error_type": ""}) == 1
+    assert value("gen_ai_server_time_to_first_token_seconds_sum", genai) == 0.5
+    assert value("gen_ai_server_time_per_output_token_seconds_sum", genai) == pytest.approx(0.05)
+    assert value("ollama_upstream_up") == 1
+    # A model's first request is in flight under "other": the name is not trusted until
+    # Ollama has answered it.
+    assert value("ollama_requests_in_flight", {"endpoint": "/api/chat", "model": "other"}) == 0
+    finish(instruments)
+    assert value("ollama_requests_in_flight", {"endpoint": "/api/chat", **model}) == 0
+
+
+def test_failures_are_labelled_and_not_timed_as_successes(
+    metrics: tuple[Instruments, CollectorRegistry],
+) -> None:
+    instruments, registry = metrics
+    finish(instruments, upstream_error="midstream", completion_tokens=3)
+    finish(
+        instruments,
+        status=502,
+        upstream_error="connect",
+        prompt_tokens=None,
+        completion_tokens=None,
+        ttft_s=None,
+    )
+    value = registry.get_sample_value
+    assert value("ollama_upstream_errors_total", {"reason": "midstream"}) == 1
+    assert value("ollama_upstream_errors_total", {"reason": "connect"}) == 1
+    assert value("ollama_upstream_up") == 0
+    genai = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "ollama"}
+    assert (
+        value(
+            "gen_ai_client_operation_duration_seconds_count",
+            {**genai, "gen_ai_request_model": "llama3.2:latest", "error_type": "midstream"},
+        )
+        == 1
+    )
+    # TTFT and time per token are for successful responses only.
+    assert (
+        value(
+            "gen_ai_server_time_to_first_token_seconds_count",
+            {**genai, "gen_ai_request_model": "llama3.2:latest"},
+        )
+        is None
+    )
+
+
+def test_model_labels_are_bounded_and_refused_names_take_no_slot(
+    metrics: tuple[Instruments, CollectorRegistry],
+) -> None:
+    instruments, registry = metrics
+    finish(instruments, model="junk:latest", status=404)
+    finish(instruments, model="a:latest")
+    finish(instruments, model="b:latest")
+    finish(instruments, model="c:latest")
+    requests = {
+        s.labels["model"]
+        for metric in registry.collect()
+        if metric.name == "ollama_requests"
+        for s in metric.samples
+    }
+    assert requests == {"a:latest", "b:latest", "other"}
+
+
+def test_in_flight_balances_when_a_model_is_admitted_meanwhile(
+    metrics: tuple[Instruments, CollectorRegistry],
+) -> None:
+    instruments, registry = metrics
+    first = dataclasses.replace(BASE, id=new_record_id(), model="new:latest")
+    second = dataclasses.replace(BASE, id=new_record_id(), model="new:latest")
+    instruments.started(first.id, first.endpoint, first.model)
+    instruments.started(second.id, second.endpoint, second.model)
+    instruments.finished(first)  # admits "new:latest"
+    instruments.finished(second)
+    for model in ("new:latest", "other"):
+        value = registry.get_sample_value(
+            "ollama_requests_in_flight", {"endpoint": "/api/chat", "model": model}
+        )
+        assert value in (0, None)
+
+
+def test_exemplars_only_in_openmetrics(metrics: tuple[Instruments, CollectorRegistry]) -> None:
+    instruments, registry = metrics
+    record = finish(instruments)
+    assert f'request_id="{record.id}"' in generate_openmetrics(registry).decode()
+    assert "request_id" not in generate_latest(registry).decode()
+
+
+def test_bounded_label() -> None:
+    label = BoundedLabel("model", 1)
+    assert label("x", admit=False) == "other"
+    assert label("x") == "x"
+    assert label("y") == "other"
+    assert label("x", admit=False) == "x"
+
+
+def test_record_ids_sort_by_time_and_are_unique() -> None:
+    ids = [new_record_id(1_700_000_000 + i) for i in range(100)]
+    assert ids == sorted(ids)
+    assert len({new_record_id(1.0) for _ in range(1000)}) == 1000
+    assert all(len(i) == 26 for i in ids)

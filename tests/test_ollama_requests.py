@@ -1,0 +1,135 @@
+"""What the proxy learns from request bodies, and how it asks for usage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.ollama.endpoints import classify, known_labels
+from app.ollama.models import normalise_model
+from app.ollama.requests import NO_FACTS, read_request
+
+
+@pytest.mark.parametrize(
+    ("path", "label", "operation"),
+    [
+        ("/api/chat", "/api/chat", "chat"),
+        ("/api/generate", "/api/generate", "text_completion"),
+        ("/v1/chat/completions", "/v1/chat/completions", "chat"),
+        ("/v1/messages", "/v1/messages", "chat"),
+        ("/v1/embeddings", "/v1/embeddings", "embeddings"),
+        ("/api/blobs/sha256:abc", "/api/blobs/:digest", None),
+        ("/v1/models/llama3.2", "/v1/models/:model", None),
+        ("/api/blobs/", "other", None),
+        ("/wp-admin/setup.php", "other", None),
+        ("/v1/unknown", "other", None),
+    ],
+)
+def test_classify(path: str, label: str, operation: str | None) -> None:
+    endpoint = classify(path)
+    assert endpoint.label == label
+    assert endpoint.operation == operation
+    assert endpoint.label in known_labels()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("llama3.2", "llama3.2:latest"),
+        ("llama3.2:1b", "llama3.2:1b"),
+        (" qwen3 ", "qwen3:latest"),
+        ("hf.co/org/repo:Q4_K_M", "hf.co/org/repo:Q4_K_M"),
+        ("registry.local:5000/lib/m", "registry.local:5000/lib/m:latest"),
+        ("", ""),
+    ],
+)
+def test_normalise_model(given: str, expected: str) -> None:
+    assert normalise_model(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "model", "stream", "prompt"),
+    [
+        ("/api/generate", {"model": "llama3.2", "prompt": "Hi"}, "llama3.2:latest", True, "Hi"),
+        (
+            "/api/chat",
+            {
+                "model": "m",
+                "stream": False,
+                "messages": [
+                    {"role": "user", "content": "first"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": "last"},
+                    {"role": "tool", "content": "t"},
+                ],
+            },
+            "m:latest",
+            False,
+            "last",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "m",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "look"},
+                            {"type": "image_url", "image_url": {"url": "x"}},
+                        ],
+                    }
+                ],
+            },
+            "m:latest",
+            False,
+            "look",
+        ),
+        (
+            "/v1/messages",
+            {
+                "model": "m",
+                "stream": True,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "hey"}]}],
+            },
+            "m:latest",
+            True,
+            "hey",
+        ),
+        ("/v1/completions", {"model": "m", "prompt": ["a", "b"]}, "m:latest", False, "b"),
+        ("/api/embed", {"model": "e", "input": ["x", "y"]}, "e:latest", False, "x\ny"),
+        ("/api/show", {"name": "old-client"}, "old-client:latest", False, ""),
+        ("/api/chat", {"model": 5, "messages": "no"}, "", True, ""),
+    ],
+)
+def test_read_request(
+    path: str, body: dict[str, object], model: str, stream: bool, prompt: str
+) -> None:
+    raw = json.dumps(body).encode()
+    facts, sent = read_request(classify(path), raw, inject_usage=False)
+    assert (facts.model, facts.stream, facts.prompt) == (model, stream, prompt)
+    assert sent is raw
+
+
+@pytest.mark.parametrize("raw", [b"", b"{oops", b"[1]", b"\xff", b'"text"'])
+def test_unreadable_bodies_pass_untouched(raw: bytes) -> None:
+    facts, sent = read_request(classify("/api/chat"), raw, inject_usage=True)
+    assert facts is NO_FACTS
+    assert sent is raw
+
+
+def test_usage_is_asked_for_only_on_streams_that_did_not() -> None:
+    endpoint = classify("/v1/chat/completions")
+    body = {"model": "m", "messages": [], "stream": True, "stream_options": {"x": 1}}
+    facts, sent = read_request(endpoint, json.dumps(body).encode(), inject_usage=True)
+    assert facts.usage_injected is True
+    assert json.loads(sent)["stream_options"] == {"x": 1, "include_usage": True}
+    asked = {**body, "stream_options": {"include_usage": True}}
+    facts, sent = read_request(endpoint, json.dumps(asked).encode(), inject_usage=True)
+    assert facts.usage_injected is False
+    not_streamed = {**body, "stream": False}
+    facts, _ = read_request(endpoint, json.dumps(not_streamed).encode(), inject_usage=True)
+    assert facts.usage_injected is False
+    facts, _ = read_request(endpoint, json.dumps(body).encode(), inject_usage=False)
+    assert facts.usage_injected is False

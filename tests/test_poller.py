@@ -1,0 +1,359 @@
+"""The /api/ps poller against the real emulator and tiny scripted HTTP servers, no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from app.metrics.poller import MAX_MODELS, LoadedModelsCollector, ModelPoller
+from tests.emulator import EmulatorServer
+from tests.support import free_port
+
+LLAMA = "llama3.2:latest"
+EMBED = "nomic-embed-text:latest"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[EmulatorServer]:
+    with EmulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def emulator(upstream: EmulatorServer) -> EmulatorServer:
+    upstream.start()  # in case a test stopped it and failed before starting it again
+    upstream.reset(catalog=True)
+    return upstream
+
+
+class ScriptedServer:
+    """A local HTTP server answering every GET with whatever the test last set."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.body = b'{"models": []}'
+        self.delay = 0.0
+        answer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                time.sleep(answer.delay)
+                try:
+                    self.send_response(answer.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer.body)))
+                    self.end_headers()
+                    self.wfile.write(answer.body)
+                except ConnectionError:  # the poller gave up waiting (the timeout test)
+                    pass
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+
+    def answer(self, document: object, *, status: int = 200) -> None:
+        self.status, self.body = status, json.dumps(document).encode()
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def entry(name: str, size: int, vram: int) -> dict[str, Any]:
+    return {"name": name, "model": name, "size": size, "size_vram": vram}
+
+
+class Rig:
+    """A fresh registry, collector and poller, with every on_result call recorded."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str, interval: float) -> None:
+        self.registry = CollectorRegistry()
+        self.collector = LoadedModelsCollector(registry=self.registry)
+        self.results: list[bool] = []
+        # What a scrape would have seen of ollama_models_loaded as each result came in.
+        self.seen: list[tuple[bool, float | None]] = []
+        self.poller = ModelPoller(
+            http=http, url=url, interval=interval, collector=self.collector, on_result=self.record
+        )
+
+    def record(self, ok: bool) -> None:
+        self.results.append(ok)
+        self.seen.append((ok, self.value("ollama_models_loaded")))
+
+    def value(self, name: str, model: str | None = None) -> float | None:
+        labels = {} if model is None else {"model": model}
+        return self.registry.get_sample_value(name, labels)
+
+    def samples(self) -> list[str]:
+        return [sample.name for family in self.registry.collect() for sample in family.samples]
+
+
+def run(test: Callable[[httpx.AsyncClient], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            await test(http)
+
+    asyncio.run(main())
+
+
+async def wait_for(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def load(url: str, model: str) -> None:
+    if model == EMBED:
+        httpx.post(url + "/api/embed", json={"model": model, "input": "x"}).raise_for_status()
+    else:
+        body = {"model": model, "prompt": "hi", "stream": False}
+        httpx.post(url + "/api/generate", json=body).raise_for_status()
+
+
+def unload(url: str, model: str) -> None:
+    httpx.post(url + "/api/generate", json={"model": model, "keep_alive": 0}).raise_for_status()
+
+
+def test_nothing_is_exported_before_the_first_good_poll() -> None:
+    async def scenario(http: httpx.AsyncClient) -> None:
+        rig = Rig(http, f"http://127.0.0.1:{free_port()}", interval=0.1)
+        assert rig.samples() == []
+        assert not await rig.poller.poll_once()  # nothing listens there
+        assert rig.results == [False]
+        assert rig.samples() == []
+        assert rig.collector.current() is None
+        exposition = generate_latest(rig.registry).decode()
+        assert "ollama_model_loaded" in exposition  # described, but without samples
+        assert "ollama_models_loaded" not in exposition  # absent, not a false 0
+
+    run(scenario)
+
+
+def test_loaded_models_carry_the_sizes_api_ps_reported(emulator: EmulatorServer) -> None:
+    load(emulator.url, "llama3.2")
+    load(emulator.url, EMBED)
+    direct = httpx.get(emulator.url + "/api/ps").json()["models"]
+    assert {m["model"] for m in direct} == {LLAMA, EMBED}
+
+    async def scenario(http: httpx.AsyncClient) -> None:
+        rig = Rig(http, emulator.url + "/", interval=1.0)
+        assert await rig.poller.poll_once()
+        assert rig.results == [True]
+        assert rig.value("ollama_models_loaded") == 2
+        for model in direct:
+            assert rig.value("ollama_model_loaded", model["model"]) == 1
+            assert rig.value("ollama_model_size_bytes", model["model"]) == model["size"]
+            assert rig.value("ollama_model_vram_bytes", model["model"]) == model["size_vram"]
+
+    run(scenario)
+
+
+def test_an_unloaded_model_disappears_on_the_next_poll(emulator: EmulatorServer) -> None:
+    load(emulator.url, "llama3.2")
+    load(emulator.url, EMBED)
+
+    async def scenario(http: httpx.AsyncClient) -> None:
+        rig = Rig(http, emulator.url, interval=0.05)
+        await rig.poller.start()
+        try:
+            await wait_for(lambda: rig.value("ollama_models_loaded") == 2)
+            await asyncio.to_thread(unload, emulator.url, "llama3.2")
+            await wait_for(lambda: rig.value("ollama_models_loaded") == 1)
+            assert rig.value("ollama_model_loaded", LLAMA) is None
+            assert rig.value("ollama_model_size_bytes", LLAMA) is None
+            assert rig.value("ollama_model_vram_bytes", LLAMA) is None
+            assert rig.value("ollama_model_loaded", EMBED) == 1
+        finally:
+            await rig.poller.stop()
+
+    run(scenario)
+
+
+def test_upstream_outage_keeps_then_clears_the_snapshot_and_recovers(
+    emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    interval = 0.2
+    load(emulator.url, "llama3.2")
+
+    async def scenario(http: httpx.AsyncClient) -> None:
+        rig = Rig(http, emulator.url, interval=interval)
+        seen = rig.seen
+        await rig.poller.start()
+        try:
+            await wait_for(lambda: rig.value("ollama_model_loaded", LLAMA) == 1)
+            await asyncio.to_thread(emulator.stop)
+            await wait_for(lambda: any(not ok for ok, _ in seen))
+            first_failure = next(i for i, (ok, _) in enumerate(seen) if not ok)
+            assert seen[first_failure] == (False, 1)  # a blip does not drop the models
+
+            await wait_for(lambda: rig.value("ollama_models_loaded") is None, within=10 * interval)
+            assert rig.samples() == []
+            assert sum(not ok for ok, _ in seen[first_failure:]) >= 3
+            assert all(not ok for ok, _ in seen[first_failure:])
+
+            await asyncio.to_thread(emulator.start)
+            await asyncio.to_thread(load, emulator.url, EMBED)
+            await wait_for(lambda: rig.value("ollama_model_loaded", EMBED) == 1)
+            assert seen[-1][0], seen  # recovered
+            assert rig.value("ollama_model_loaded", LLAMA) is None  # the restart unloaded it
+        finally:
+            await rig.poller.stop()
+
+    with caplog.at_level(logging.INFO, logger="app.metrics.poller"):
+        run(scenario)
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    warnings = [m for level, m in messages if level == logging.WARNING]
+    infos = [m for level, m in messages if level == logging.INFO]
+    assert len(warnings) == 1, messages  # one line per outage, not one per failed poll
+    assert "Cannot read loaded models" in warnings[0]
+    assert len(infos) == 1
+    assert "readable again" in infos[0]
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, b"this is not JSON"),
+        (200, b'{"models": null}'),
+        (200, b"{}"),
+        (200, b"[]"),
+        (200, b'{"models": [42]}'),
+        (200, b'{"models": [{"size": 1, "size_vram": 1}]}'),
+        (200, b'{"models": [{"model": "m", "size": -1}]}'),
+        (200, b'{"models": [{"model": "m", "size": "big"}]}'),
+        (200, b'{"models": [{"model": "m", "size_vram": true}]}'),
+        (200, b"[" * 100_000),
+        (500, b'{"error": "boom"}'),
+        (404, b"404 page not found"),
+    ],
+)
+def test_a_bad_answer_is_a_failed_poll(status: int, body: bytes) -> None:
+    async def scenario(http: httpx.AsyncClient) -> None:
+        with ScriptedServer() as server:
+            rig = Rig(http, server.url, interval=1.0)
+            server.answer({"models": [entry("kept", 10, 5)]})
+            assert await rig.poller.poll_once()
+            server.status, server.body = status, body
+            assert not await rig.poller.poll_once()
+            assert rig.results == [True, False]
+            assert rig.value("ollama_model_size_bytes", "kept") == 10  # still within 3 intervals
+
+    run(scenario)
+
+
+def test_garbage_does_not_end_the_loop_and_a_good_answer_heals_it() -> None:
+    async def scenario(http: httpx.AsyncClient) -> None:
+        with ScriptedServer() as server:
+            server.body = b"<html>not ollama</html>"
+            rig = Rig(http, server.url, interval=0.05)
+            await rig.poller.start()
+            try:
+                await wait_for(lambda: rig.results.count(False) >= 3)
+                server.body = b'{"models": null}'
+                count = len(rig.results)
+                await wait_for(lambda: len(rig.results) >= count + 3)
+                assert rig.poller.running
+                assert rig.samples() == []
+                server.answer({"models": [{"name": "named-only", "model": "", "size": 7}]})
+                await wait_for(lambda: rig.value("ollama_models_loaded") == 1)
+                assert rig.value("ollama_model_loaded", "named-only") == 1  # name as fallback
+                assert rig.value("ollama_model_size_bytes", "named-only") == 7
+                assert rig.value("ollama_model_vram_bytes", "named-only") is None  # not sent
+            finally:
+                await rig.poller.stop()
+
+    run(scenario)
+
+
+def test_a_hanging_upstream_times_out_within_the_interval() -> None:
+    async def scenario(http: httpx.AsyncClient) -> None:
+        with ScriptedServer() as server:
+            server.delay = 1.0
+            rig = Rig(http, server.url, interval=0.1)
+            started = time.monotonic()
+            assert not await rig.poller.poll_once()
+            assert time.monotonic() - started < 0.5
+
+    run(scenario)
+
+
+def test_stop_ends_the_named_task() -> None:
+    async def scenario(http: httpx.AsyncClient) -> None:
+        with ScriptedServer() as server:
+            rig = Rig(http, server.url, interval=0.05)
+            await rig.poller.start()
+            await rig.poller.start()  # idempotent: still one task
+            pollers = [t for t in asyncio.all_tasks() if t.get_name().startswith("ollama-ps")]
+            assert len(pollers) == 1
+            await wait_for(lambda: rig.results.count(True) >= 2)
+            await rig.poller.stop()
+            assert pollers[0].done()
+            assert not rig.poller.running
+            assert asyncio.all_tasks() == {asyncio.current_task()}
+            count = len(rig.results)
+            await asyncio.sleep(0.15)
+            assert len(rig.results) == count  # no more polls
+            await rig.poller.stop()  # stopping twice is harmless
+
+    run(scenario)
+
+
+def test_per_model_series_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    many = {"models": [entry(f"model-{i:03d}", 1000 + i, i) for i in range(150)]}
+
+    async def scenario(http: httpx.AsyncClient) -> None:
+        with ScriptedServer() as server:
+            server.answer(many)
+            rig = Rig(http, server.url, interval=1.0)
+            assert await rig.poller.poll_once()
+            assert await rig.poller.poll_once()
+            assert rig.samples().count("ollama_model_loaded") == MAX_MODELS
+            assert rig.samples().count("ollama_model_size_bytes") == MAX_MODELS
+            assert rig.value("ollama_model_size_bytes", "model-099") == 1099
+            assert rig.value("ollama_model_loaded", "model-100") is None
+            assert rig.value("ollama_models_loaded") == 150  # the count is not truncated
+
+    with caplog.at_level(logging.WARNING, logger="app.metrics.poller"):
+        run(scenario)
+    assert len(caplog.records) == 1  # logged once, not once per poll
+    assert "150 loaded models" in caplog.records[0].getMessage()
+
+
+def test_the_collector_clashes_with_nothing_and_rejects_a_second_copy() -> None:
+    registry = CollectorRegistry()
+    LoadedModelsCollector(registry=registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        LoadedModelsCollector(registry=registry)
+
+
+def test_a_bad_interval_or_url_fails_at_construction() -> None:
+    async def scenario(http: httpx.AsyncClient) -> None:
+        collector = LoadedModelsCollector(registry=CollectorRegistry())
+        with pytest.raises(ValueError, match="interval"):
+            ModelPoller(http=http, url="http://127.0.0.1:1", interval=0, collector=collector)
+        with pytest.raises(httpx.InvalidURL):
+            ModelPoller(http=http, url="http://[::1", interval=1, collector=collector)
+
+    run(scenario)
