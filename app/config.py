@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,71 @@ class Settings(BaseSettings):
     ps_poll_interval: float = Field(
         10.0, ge=0, description="Seconds between /api/ps polls for loaded models (0 = off)."
     )
+
+    analytics_backend: str = Field(
+        "sqlite",
+        description="Comma list of sqlite, postgresql, jsonl, loki; 'none' turns analytics off.",
+    )
+    analytics_dir: Path = Field(
+        Path("ollama_analytics"), description="SQLite database and JSONL files live here."
+    )
+    analytics_database_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL of the SQL store; postgresql://… selects PostgreSQL."
+    )
+    analytics_max_text_bytes: int = Field(
+        256 * 1024, ge=0, description="Cap per stored text field (prompt, response, …)."
+    )
+    analytics_store_prompts: bool = Field(
+        True, description="Store prompt, request and response texts (false keeps the rest)."
+    )
+    analytics_retention_days: float = Field(
+        7.0, ge=0, description="Delete records older than this many days (0 keeps all)."
+    )
+    analytics_queue_size: int = Field(
+        10_000, ge=1, description="Records that may wait per backend before new ones drop."
+    )
+    analytics_batch_size: int = Field(500, ge=1, description="Records per write.")
+    analytics_auto_migrate: bool = Field(
+        True, description="Upgrade the SQL store to the newest schema at start."
+    )
+    analytics_drain_seconds: float = Field(
+        10.0, ge=0, description="On shutdown, how long queued records may take to be written."
+    )
+    analytics_token: SecretStr | None = Field(
+        None, description="When set, /analytics/* requires Authorization: Bearer <token>."
+    )
+    loki_url: str | None = Field(None, description="Loki base URL for the loki backend.")
+    loki_tenant: str | None = Field(None, description="X-Scope-OrgID sent to Loki.")
+
+    @property
+    def analytics_backends(self) -> tuple[str, ...]:
+        names = [n.strip().lower() for n in self.analytics_backend.split(",") if n.strip()]
+        return tuple(n for n in names if n != "none")
+
+    @field_validator("analytics_backend")
+    @classmethod
+    def _check_backends(cls, value: str) -> str:
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+        unknown = sorted(set(names) - {"sqlite", "postgresql", "jsonl", "loki", "none"})
+        if unknown:
+            raise ValueError(
+                f"ANALYTICS_BACKEND: unknown backend {', '.join(unknown)} "
+                "(choose from sqlite, postgresql, jsonl, loki, none)"
+            )
+        if "sqlite" in names and "postgresql" in names:
+            raise ValueError("ANALYTICS_BACKEND: choose sqlite or postgresql, not both")
+        return value
+
+    @model_validator(mode="after")
+    def _check_analytics(self) -> Settings:
+        backends = self.analytics_backends
+        if "postgresql" in backends and self.analytics_database_url is None:
+            raise ValueError(
+                "ANALYTICS_BACKEND=postgresql needs ANALYTICS_DATABASE_URL=postgresql://…"
+            )
+        if "loki" in backends and not self.loki_url:
+            raise ValueError("ANALYTICS_BACKEND=loki needs LOKI_URL")
+        return self
 
     @field_validator("ollama_upstream")
     @classmethod

@@ -82,6 +82,7 @@ class ExchangeTap:
         "reader",
         "recorder",
         "request_bytes",
+        "request_text",
         "response_bytes",
         "scope",
         "started",
@@ -106,6 +107,7 @@ class ExchangeTap:
         self.response_bytes = 0
         self.begun = False
         self.streamed = False
+        self.request_text = ""
 
     @property
     def inspect_request(self) -> bool:
@@ -116,6 +118,8 @@ class ExchangeTap:
         """Called once before the request goes upstream; returns the body to send."""
         if body is not None:
             self.request_bytes = len(body)
+            # Kept as the client sent it (before any usage injection), capped.
+            self.request_text = body[: self.recorder.text_limit].decode("utf-8", "replace")
             self.facts, body = read_request(
                 self.endpoint, body, inject_usage=self.recorder.inject_usage
             )
@@ -207,6 +211,7 @@ class ExchangeTap:
             status=status,
             streamed=streamed,
             prompt=self.facts.prompt,
+            request_body=self.request_text,
             response=str(answer.text),
             thinking=str(answer.thinking),
             tool_calls=tuple(answer.tool_calls),

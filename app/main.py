@@ -15,14 +15,21 @@ else to the forwarder, untouched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
 from prometheus_client import CollectorRegistry
 
+from app.analytics.jsonl import JsonlBackend
+from app.analytics.loki import LokiBackend
+from app.analytics.rows import Backend
+from app.analytics.sql import SqlStore, create_store_engine, database_url
+from app.analytics.writer import AnalyticsMetrics, AnalyticsWriter
+from app.api.analytics import create_analytics_router
 from app.api.routes import create_api
 from app.config import Settings
-from app.exchange import Recorder
+from app.exchange import Recorder, Sink
 from app.metrics.categories import Categoriser
 from app.metrics.instruments import Instruments
 from app.metrics.poller import LoadedModelsCollector, ModelPoller
@@ -34,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # Paths Ollama does not serve, answered by the proxy itself.
 OWN_PATHS = frozenset({"/metrics", "/test", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+OWN_PREFIX = "/analytics/"
 
 
 class ProxyApp:
@@ -48,10 +56,25 @@ class ProxyApp:
             if settings.prompt_category_rules
             else Categoriser.default()
         )
+        self.store, backends = build_backends(settings)
+        self.writer: AnalyticsWriter | None = None
+        sinks: list[Sink] = [self.instruments]
+        if backends:
+            self.writer = AnalyticsWriter(
+                backends,
+                metrics=AnalyticsMetrics(self.registry),
+                queue_size=settings.analytics_queue_size,
+                batch_size=settings.analytics_batch_size,
+                store_prompts=settings.analytics_store_prompts,
+                max_text_bytes=settings.analytics_max_text_bytes,
+                retention_days=settings.analytics_retention_days,
+            )
+            sinks.append(self.writer)
         self.recorder = Recorder(
-            sinks=[self.instruments],
+            sinks=sinks,
             categorise=self.categoriser.categorise,
             inject_usage=settings.usage_injection,
+            text_limit=max(settings.analytics_max_text_bytes, 1),
         )
         self.upstream = Upstream(
             settings.ollama_upstream,
@@ -76,9 +99,19 @@ class ProxyApp:
             instruments=self.instruments,
             http=self.http,
         )
+        token = settings.analytics_token
+        self.api.include_router(
+            create_analytics_router(
+                store=self.store,
+                token=token.get_secret_value() if token else None,
+                backends=settings.analytics_backends,
+            )
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in OWN_PATHS:
+        if scope["type"] == "http" and (
+            scope["path"] in OWN_PATHS or scope["path"].startswith(OWN_PREFIX)
+        ):
             await self.api(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -87,6 +120,14 @@ class ProxyApp:
 
     async def startup(self) -> None:
         await self.upstream.open()
+        if self.store is not None and self.settings.analytics_auto_migrate:
+            try:
+                await asyncio.to_thread(self.store.migrate)
+            except Exception as exc:
+                # Never fatal: records wait in the queue and the writer migrates on retry.
+                log.error("analytics store not ready (%s); will retry", exc)
+        if self.writer is not None:
+            await self.writer.start()
         if self.poller is not None:
             await self.poller.start()
         log.info("forwarding to Ollama at %s", self.upstream.public_url)
@@ -94,6 +135,8 @@ class ProxyApp:
     async def shutdown(self) -> None:
         if self.poller is not None:
             await self.poller.stop()
+        if self.writer is not None:
+            await self.writer.stop(self.settings.analytics_drain_seconds)
         await self.upstream.close()
         await self.http.aclose()
         log.info("stopped")
@@ -113,6 +156,23 @@ class ProxyApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def build_backends(settings: Settings) -> tuple[SqlStore | None, list[Backend]]:
+    """The configured analytics backends; the SQL store also serves /analytics/*."""
+    names = settings.analytics_backends
+    backends: list[Backend] = []
+    store: SqlStore | None = None
+    if "sqlite" in names or "postgresql" in names:
+        given = settings.analytics_database_url
+        url = database_url(given.get_secret_value() if given else None, settings.analytics_dir)
+        store = SqlStore(create_store_engine(url), auto_migrate=settings.analytics_auto_migrate)
+        backends.append(store)
+    if "jsonl" in names:
+        backends.append(JsonlBackend(settings.analytics_dir))
+    if "loki" in names and settings.loki_url:
+        backends.append(LokiBackend(settings.loki_url, tenant=settings.loki_tenant))
+    return store, backends
 
 
 def create_app(settings: Settings | None = None) -> ProxyApp:

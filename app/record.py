@@ -36,6 +36,7 @@ class ExchangeRecord:
     status: int  # HTTP status sent to the client; 499 when it left before any answer
     streamed: bool
     prompt: str
+    request_body: str  # the request body as text (capped), "" when it was not read
     response: str
     thinking: str
     tool_calls: tuple[Any, ...] = ()

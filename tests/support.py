@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+
+from app.analytics.rows import to_row
+from app.record import ExchangeRecord, new_record_id
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +66,14 @@ class ProxyProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.upstream = upstream
-        self.env = {**os.environ, "LOG_LEVEL": "warning", **(env or {})}
+        # Each proxy keeps its analytics in its own temporary folder.
+        self.workdir = Path(tempfile.mkdtemp(prefix="ollama-metrics-test-"))
+        self.env = {
+            **os.environ,
+            "LOG_LEVEL": "warning",
+            "ANALYTICS_DIR": str(self.workdir),
+            **(env or {}),
+        }
         self.args = args or []
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -90,16 +103,59 @@ class ProxyProcess:
         assert self.process is not None
         self.process.terminate()
         try:
-            return self.process.wait(timeout=15)
+            return self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> ProxyProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.cleanup()
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+
+def sample_record(**changes: object) -> ExchangeRecord:
+    """A finished record as the proxy makes them, with a fresh id; ``changes`` override."""
+    stamp = float(changes.pop("timestamp", time.time()))  # type: ignore[arg-type]
+    base = ExchangeRecord(
+        id=new_record_id(stamp),
+        timestamp=stamp,
+        method="POST",
+        path="/api/chat",
+        endpoint="/api/chat",
+        operation="chat",
+        model="llama3.2:latest",
+        category="question",
+        client="127.0.0.1",
+        user_agent="t",
+        status=200,
+        streamed=True,
+        prompt="Why?",
+        request_body="{}",
+        response="Because.",
+        thinking="",
+        duration_s=2.0,
+        ttft_s=0.5,
+        ollama_total_s=1.9,
+        ollama_load_s=0.1,
+        ollama_prompt_eval_s=0.2,
+        ollama_eval_s=1.5,
+        prompt_tokens=20,
+        completion_tokens=30,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def sample_row(**overrides: object) -> dict[str, object]:
+    """The analytics row of ``sample_record()``; ``overrides`` replace row fields."""
+    row: dict[str, object] = to_row(sample_record(), store_prompts=True, max_text_bytes=1 << 20)
+    row.update(overrides)
+    return row

@@ -110,3 +110,25 @@ def test_custom_category_rules_label_the_metrics(tmp_path: Path, emulator: Emula
         text = httpx.get(proxy.url + "/metrics").text
     assert 'category="weather"' in text
     assert 'category="other"' in text
+
+
+def test_db_commands_migrate_the_sqlite_store(tmp_path: Path) -> None:
+    env = {**os.environ, "ANALYTICS_DIR": str(tmp_path)}
+    current = run("db", "current", env=env)
+    assert current.returncode == 0
+    assert "at base (newest: 0001)" in current.stdout
+    upgraded = run("db", "upgrade", env=env)
+    assert upgraded.returncode == 0
+    assert "at 0001 (newest: 0001)" in upgraded.stdout
+    assert (tmp_path / "analytics.db").exists()
+    downgraded = run("db", "downgrade", "base", env=env)
+    assert "at base" in downgraded.stdout
+
+
+def test_db_command_on_an_unreachable_database_is_a_clear_error() -> None:
+    env = {**os.environ, "ANALYTICS_DATABASE_URL": "postgresql://nobody:pw@127.0.0.1:9/none"}
+    done = run("db", "current", env=env)
+    assert done.returncode == 1
+    assert "OperationalError" in done.stderr
+    assert "pw" not in done.stderr.replace("OperationalError", "")
+    assert "Traceback" not in done.stderr

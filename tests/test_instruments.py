@@ -11,32 +11,9 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from app.metrics.instruments import Instruments
 from app.metrics.labels import BoundedLabel
 from app.record import ExchangeRecord, new_record_id
+from tests.support import sample_record
 
-BASE = ExchangeRecord(
-    id="01JTEST0000000000000000000",
-    timestamp=0.0,
-    method="POST",
-    path="/api/chat",
-    endpoint="/api/chat",
-    operation="chat",
-    model="llama3.2:latest",
-    category="question",
-    client="127.0.0.1",
-    user_agent="t",
-    status=200,
-    streamed=True,
-    prompt="Why?",
-    response="Because.",
-    thinking="",
-    duration_s=2.0,
-    ttft_s=0.5,
-    ollama_total_s=1.9,
-    ollama_load_s=0.1,
-    ollama_prompt_eval_s=0.2,
-    ollama_eval_s=1.5,
-    prompt_tokens=20,
-    completion_tokens=30,
-)
+BASE = sample_record(id="01JTEST0000000000000000000")
 
 
 @pytest.fixture

@@ -1,0 +1,182 @@
+"""``/analytics/*``: search, read and summarise the stored records (needs a SQL store).
+
+No ``from __future__ import annotations`` here: FastAPI reads the route signatures at
+definition time, and they name dependencies local to ``create_analytics_router``.
+"""
+
+import hmac
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from pydantic import BaseModel
+
+from app.analytics.sql import SearchQuery, SqlStore
+from app.ollama.models import normalise_model
+
+_ULID = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+
+
+class RecordSummary(BaseModel):
+    id: str
+    timestamp: str  # ISO-8601, UTC
+    unix_time: float
+    method: str
+    path: str
+    endpoint: str
+    model: str
+    category: str
+    client: str
+    user_agent: str
+    status: int
+    streamed: bool
+    prompt: str
+    response: str
+    error: str
+    upstream_error: str | None
+    done_reason: str | None
+    cancelled: bool
+    truncated: bool
+    duration_s: float
+    ttft_s: float | None
+    ollama_total_s: float | None
+    ollama_load_s: float | None
+    ollama_prompt_eval_s: float | None
+    ollama_eval_s: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    tokens_per_second: float | None
+    request_bytes: int
+    response_bytes: int
+
+
+class Record(RecordSummary):
+    request_body: str
+    thinking: str
+    tool_calls: str
+
+
+class SearchResult(BaseModel):
+    records: list[RecordSummary]
+    next_cursor: str | None
+
+
+def _present(row: dict[str, Any]) -> dict[str, Any]:
+    stamp = row["timestamp"]
+    return {
+        **row,
+        "unix_time": stamp,
+        "timestamp": datetime.fromtimestamp(stamp, UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+def parse_time(value: str | None, name: str) -> float | None:
+    """Unix seconds or ISO-8601 (a missing zone means UTC); a clear 422 otherwise."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(
+            422,
+            detail=[
+                {
+                    "loc": ["query", name],
+                    "msg": "must be Unix seconds or an ISO-8601 date-time",
+                    "type": "value_error",
+                    "input": value,
+                }
+            ],
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def create_analytics_router(
+    *, store: SqlStore | None, token: str | None, backends: tuple[str, ...]
+) -> APIRouter:
+    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        given = authorization or ""
+        scheme, _, secret = given.partition(" ")
+        # Compared in constant time: the token guards every stored prompt.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            secret.strip().encode(), token.encode()
+        ):
+            raise HTTPException(
+                401,
+                detail="analytics needs Authorization: Bearer <ANALYTICS_TOKEN>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def sql_store() -> SqlStore:
+        if store is None:
+            raise HTTPException(
+                501,
+                detail=(
+                    "searching analytics needs a SQL store: set ANALYTICS_BACKEND to include "
+                    "sqlite (the default) or postgresql; configured now: "
+                    + (", ".join(backends) or "none")
+                ),
+            )
+        store.migrate()
+        return store
+
+    router = APIRouter(prefix="/analytics", tags=["analytics"], dependencies=[Depends(authorised)])
+    Store = Annotated[SqlStore, Depends(sql_store)]
+
+    @router.get("/search", summary="Search stored requests, newest first")
+    def search(
+        db: Store,
+        model: str | None = None,
+        endpoint: str | None = Query(None, max_length=200),
+        category: str | None = Query(None, max_length=64),
+        status: int | None = Query(None, ge=100, le=599),
+        prompt_search: str | None = Query(
+            None, max_length=1000, description="Words that must all occur in prompt or response."
+        ),
+        start_time: str | None = Query(None, description="Unix seconds or ISO-8601."),
+        end_time: str | None = Query(None, description="Unix seconds or ISO-8601."),
+        min_duration: float | None = Query(None, ge=0, description="Seconds."),
+        limit: int = Query(50, ge=1, le=1000),
+        cursor: str | None = Query(None, pattern=_ULID, description="next_cursor of a page."),
+    ) -> SearchResult:
+        query = SearchQuery(
+            model=normalise_model(model) if model else None,
+            endpoint=endpoint,
+            category=category,
+            status=status,
+            prompt_search=prompt_search,
+            start_time=parse_time(start_time, "start_time"),
+            end_time=parse_time(end_time, "end_time"),
+            min_duration=min_duration,
+            limit=limit,
+            cursor=cursor,
+        )
+        rows, next_cursor = db.search(query)
+        return SearchResult(
+            records=[RecordSummary(**_present(row)) for row in rows], next_cursor=next_cursor
+        )
+
+    @router.get("/records/{record_id}", summary="One full record")
+    def record(db: Store, record_id: str) -> Record:
+        if not re.fullmatch(_ULID, record_id):
+            raise HTTPException(422, detail="record_id must be a 26-character record id")
+        row = db.get(record_id)
+        if row is None:
+            raise HTTPException(404, detail=f"no record {record_id}")
+        return Record(**_present(row))
+
+    @router.get("/stats", summary="Totals, rates, percentiles and breakdowns")
+    def stats(db: Store, hours: float = Query(24, gt=0, le=24 * 366)) -> dict[str, Any]:
+        since = datetime.now(UTC).timestamp() - hours * 3600
+        return {"hours": hours, "since": since, **db.stats(since)}
+
+    return router

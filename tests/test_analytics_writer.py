@@ -1,0 +1,182 @@
+"""The background writer against real stores: a store that is down loses nothing accepted,
+a full queue drops and counts, shutdown drains."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from app.analytics.rows import RejectedRows, to_row
+from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
+from app.analytics.writer import AnalyticsMetrics, AnalyticsWriter
+from tests.conftest import PostgresDatabases
+from tests.support import sample_record
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def until(check: Callable[[], bool], within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+def writer_for(store: Any, registry: CollectorRegistry, **kw: Any) -> AnalyticsWriter:
+    options = {"flush_interval": 0.05, "max_backoff": 0.2, "retention_days": 0, **kw}
+    return AnalyticsWriter([store], metrics=AnalyticsMetrics(registry), **options)
+
+
+def test_a_store_down_for_a_while_loses_nothing(postgres: PostgresDatabases) -> None:
+    url = postgres.create()
+    postgres.drop(url)  # the server answers, the database is gone: writes fail
+    store = SqlStore(create_store_engine(database_url(url, Path("."))))
+    registry = CollectorRegistry()
+    writer = writer_for(store, registry)
+    records = [sample_record(prompt=f"kept {i}") for i in range(500)]
+
+    async def scenario() -> None:
+        await writer.start()
+        for record in records:
+            writer.finished(record)
+        await until(
+            lambda: (
+                value(registry, "ollama_analytics_write_errors_total", backend="postgresql") >= 2
+            )
+        )
+        assert value(registry, "ollama_analytics_queue_depth", backend="postgresql") == 500
+        postgres.recreate(url)
+        await until(
+            lambda: (
+                value(registry, "ollama_analytics_records_written_total", backend="postgresql")
+                == 500
+            )
+        )
+        await writer.stop()
+
+    asyncio.run(scenario())
+    check = SqlStore(create_store_engine(database_url(url, Path("."))))
+    rows, _ = check.search(SearchQuery(limit=1000))
+    assert sorted(r["id"] for r in rows) == sorted(r.id for r in records)
+    assert (
+        value(registry, "ollama_analytics_dropped_total", backend="postgresql", reason="queue_full")
+        == 0
+    )
+    check.close()
+
+
+def test_a_full_queue_drops_and_counts(postgres: PostgresDatabases) -> None:
+    url = postgres.create()
+    postgres.drop(url)
+    store = SqlStore(create_store_engine(database_url(url, Path("."))))
+    registry = CollectorRegistry()
+    writer = writer_for(store, registry, queue_size=100, batch_size=10)
+
+    async def scenario() -> None:
+        await writer.start()
+        for _ in range(150):
+            writer.finished(sample_record())
+        await writer.stop(drain_seconds=0.5)
+
+    asyncio.run(scenario())
+    dropped = {
+        reason: value(
+            registry, "ollama_analytics_dropped_total", backend="postgresql", reason=reason
+        )
+        for reason in ("queue_full", "shutdown")
+    }
+    assert dropped == {"queue_full": 50, "shutdown": 100}
+    assert value(registry, "ollama_analytics_records_written_total", backend="postgresql") == 0
+
+
+def test_stop_drains_everything_accepted(tmp_path: Path) -> None:
+    store = SqlStore(create_store_engine(database_url(None, tmp_path)))
+    registry = CollectorRegistry()
+    writer = writer_for(store, registry, batch_size=100, flush_interval=1.0)
+    records = [sample_record() for _ in range(1000)]
+
+    async def scenario() -> None:
+        await writer.start()
+        for record in records:
+            writer.finished(record)
+        await writer.stop(drain_seconds=30)
+
+    asyncio.run(scenario())
+    check = SqlStore(create_store_engine(database_url(None, tmp_path)))
+    assert len(check.search(SearchQuery(limit=1000))[0]) == 1000
+    assert value(registry, "ollama_analytics_records_written_total", backend="sqlite") == 1000
+    check.close()
+
+
+class Refusing:
+    """A backend that refuses every batch for good, as Loki does with too-old entries."""
+
+    name = "refusing"
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        raise RejectedRows("entry too far behind")
+
+    def delete_older_than(self, cutoff: float) -> int:
+        return 0
+
+    def close(self) -> None:
+        return None
+
+
+def test_rejected_batches_are_dropped_and_counted_not_retried() -> None:
+    registry = CollectorRegistry()
+    writer = writer_for(Refusing(), registry)
+
+    async def scenario() -> None:
+        await writer.start()
+        for _ in range(7):
+            writer.finished(sample_record())
+        await until(
+            lambda: (
+                value(
+                    registry,
+                    "ollama_analytics_dropped_total",
+                    backend="refusing",
+                    reason="rejected",
+                )
+                == 7
+            )
+        )
+        await writer.stop()
+
+    asyncio.run(scenario())
+    assert value(registry, "ollama_analytics_write_errors_total", backend="refusing") == 0
+
+
+def test_retention_runs_at_start(tmp_path: Path) -> None:
+    store = SqlStore(create_store_engine(database_url(None, tmp_path)))
+    old = [sample_record(timestamp=time.time() - 10 * 86400) for _ in range(5)]
+    new = [sample_record() for _ in range(3)]
+    store.write([to_row(r, store_prompts=True, max_text_bytes=1000) for r in old + new])
+    registry = CollectorRegistry()
+    writer = writer_for(store, registry, retention_days=7)
+
+    async def scenario() -> None:
+        await writer.start()
+        await until(lambda: len(store.search(SearchQuery(limit=100))[0]) == 3)
+        await writer.stop()
+
+    asyncio.run(scenario())
+
+
+def test_rows_respect_privacy_and_caps() -> None:
+    record = sample_record(prompt="é" * 100, response="secret answer", error="upstream said no")
+    capped = to_row(record, store_prompts=True, max_text_bytes=11)
+    assert capped["prompt"] == "é" * 5  # 10 bytes: a 2-byte character is never cut in half
+    assert capped["truncated"] is True
+    private = to_row(record, store_prompts=False, max_text_bytes=1000)
+    assert private["prompt"] == private["response"] == private["request_body"] == ""
+    assert private["error"] == "upstream said no"
+    assert private["prompt_tokens"] == 20
