@@ -3,38 +3,76 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from app import __version__
 from app.config import Settings
+from app.doctor import FAIL, render, run_checks
+from app.logs import configure_logging
 from app.server import run_proxy
+from app.service.binary import INSTALL_HINT, find_ollama
+from app.wrapper import ensure_stack, run_ollama, version_text
+
+# Our own commands; any other first word is an Ollama command, passed through.
+OWN_COMMANDS = frozenset({"proxy", "serve", "run", "db", "doctor", "help"})
+
+
+def _listen_options(command: argparse.ArgumentParser, *, upstream: bool) -> None:
+    command.add_argument("--host", help="address to listen on (env PROXY_HOST, default 127.0.0.1)")
+    command.add_argument(
+        "--port", type=int, help="port to listen on (env PROXY_PORT, default 11434)"
+    )
+    if upstream:
+        command.add_argument(
+            "--upstream",
+            metavar="URL",
+            help="the real Ollama (env OLLAMA_UPSTREAM, default http://127.0.0.1:11435)",
+        )
+    command.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    command.add_argument("--log-format", choices=["text", "json"])
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ollama-metrics",
-        description="A transparent proxy in front of Ollama that measures every request.",
+        description="A transparent proxy in front of Ollama that measures every request. "
+        "Any other command (list, ps, pull, show, stop, rm, cp, push, create, ...) runs "
+        "Ollama's own CLI through the proxy.",
     )
-    parser.add_argument("--version", action="version", version=f"ollama-metrics {__version__}")
+    parser.add_argument(
+        "--version", action="store_true", help="print this version and the Ollama behind it"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    serve = commands.add_parser(
+        "serve",
+        help="start Ollama on the upstream port and the proxy in front of it",
+        description="Run `ollama serve` on 127.0.0.1:11435 (restarted if it exits) and the "
+        "proxy on 127.0.0.1:11434; Ctrl-C or SIGTERM stops both.",
+    )
+    _listen_options(serve, upstream=False)
     proxy = commands.add_parser(
         "proxy",
         help="run the proxy in front of an Ollama that is already running",
         description="Listen on --host:--port and forward every request to --upstream.",
     )
-    proxy.add_argument("--host", help="address to listen on (env PROXY_HOST, default 127.0.0.1)")
-    proxy.add_argument("--port", type=int, help="port to listen on (env PROXY_PORT, default 11434)")
-    proxy.add_argument(
-        "--upstream",
-        metavar="URL",
-        help="the real Ollama (env OLLAMA_UPSTREAM, default http://127.0.0.1:11435)",
+    _listen_options(proxy, upstream=True)
+
+    run = commands.add_parser(
+        "run",
+        help="ollama run MODEL through the proxy (starts serve if needed)",
+        description="Make sure the proxy and Ollama run, then `ollama run MODEL [PROMPT]` "
+        "against the proxy; terminal, stdin and exit code pass through.",
     )
-    proxy.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("model")
+    run.add_argument("rest", nargs=argparse.REMAINDER, help="prompt and ollama run flags")
+
+    doctor = commands.add_parser("doctor", help="check the setup and say how to fix it")
+    doctor.add_argument(
+        "--url", help="the address clients use, if a reverse proxy stands in front (checked)"
+    )
 
     db = commands.add_parser(
         "db",
@@ -58,29 +96,58 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "proxy_port": getattr(args, "port", None),
         "ollama_upstream": getattr(args, "upstream", None),
         "log_level": getattr(args, "log_level", None),
+        "log_format": getattr(args, "log_format", None),
     }
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+def _settings_or_exit(args: argparse.Namespace) -> Settings | int:
     try:
-        settings = settings_from_args(args)
+        return settings_from_args(args)
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "settings"
-            print(f"ollama-metrics: invalid {field.upper()}: {error['msg']}", file=sys.stderr)
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(f"ollama-metrics: invalid {field.upper()}: {message}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in OWN_COMMANDS:
+        # An Ollama command: run the real CLI against the proxy.
+        settings = _settings_or_exit(argparse.Namespace())
+        return settings if isinstance(settings, int) else run_ollama(settings, argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = _settings_or_exit(args)
+    if isinstance(settings, int):
+        return settings
+    if args.version:
+        print(version_text(settings))
+        return 0
+    if args.command is None or args.command == "help":
+        parser.print_help()
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "db":
         return run_db(settings, args.db_command, getattr(args, "revision", None))
+    if args.command == "doctor":
+        checks = run_checks(settings, public_url=args.url)
+        print(render(checks))
+        return 1 if any(check.state == FAIL for check in checks) else 0
+    if args.command == "run":
+        problem = ensure_stack(settings)
+        if problem is not None:
+            print(f"ollama-metrics: {problem}", file=sys.stderr)
+            return 1
+        return run_ollama(settings, ["run", args.model, *args.rest])
+    if args.command == "serve":
+        binary = find_ollama(settings.ollama_bin)
+        if binary is None:
+            print(f"ollama-metrics: {INSTALL_HINT}", file=sys.stderr)
+            return 1
+        return run_proxy(settings, ollama_binary=binary)
     return run_proxy(settings)
 
 

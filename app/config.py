@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: str = Field("text", pattern="^(text|json)$", description="text or json lines.")
+    ollama_bin: str | None = Field(None, description="The ollama executable for serve/run.")
+    ollama_log: Path | None = Field(
+        None, description="Where serve writes Ollama's own output (default: in ANALYTICS_DIR)."
+    )
 
     metrics_max_models: int = Field(
         100, ge=1, description="Distinct model label values before new ones become 'other'."

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 import httpx
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from app.analytics.jsonl import JsonlBackend
 from app.analytics.loki import LokiBackend
@@ -30,11 +31,13 @@ from app.api.analytics import create_analytics_router
 from app.api.routes import create_api
 from app.config import Settings
 from app.exchange import Recorder, Sink
+from app.logs import AccessLog
 from app.metrics.categories import Categoriser
 from app.metrics.instruments import Instruments
 from app.metrics.poller import LoadedModelsCollector, ModelPoller
 from app.proxy.relay import Forwarder
 from app.proxy.upstream import Upstream
+from app.service.supervisor import OllamaSupervisor
 from app.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -47,10 +50,24 @@ OWN_PREFIX = "/analytics/"
 class ProxyApp:
     """The ASGI application uvicorn runs."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, ollama_binary: str | None = None) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
         self.instruments = Instruments(self.registry, max_models=settings.metrics_max_models)
+        # `serve`: the proxy runs Ollama itself, on the upstream address.
+        self.supervisor: OllamaSupervisor | None = None
+        if ollama_binary is not None:
+            restarts = Counter(
+                "ollama_process_restarts",
+                "Times `ollama-metrics serve` restarted an Ollama that had exited.",
+                registry=self.registry,
+            )
+            self.supervisor = OllamaSupervisor(
+                ollama_binary,
+                upstream_host=upstream_address(settings.ollama_upstream),
+                log_path=settings.ollama_log or settings.analytics_dir / "ollama.log",
+                on_restart=restarts.inc,
+            )
         self.categoriser = (
             Categoriser.from_file(settings.prompt_category_rules)
             if settings.prompt_category_rules
@@ -58,7 +75,7 @@ class ProxyApp:
         )
         self.store, backends = build_backends(settings)
         self.writer: AnalyticsWriter | None = None
-        sinks: list[Sink] = [self.instruments]
+        sinks: list[Sink] = [self.instruments, AccessLog()]
         if backends:
             self.writer = AnalyticsWriter(
                 backends,
@@ -119,6 +136,9 @@ class ProxyApp:
             await self.forwarder(scope, receive, send)
 
     async def startup(self) -> None:
+        if self.supervisor is not None:
+            # Before the proxy binds its port: Ollama answers first.
+            await self.supervisor.start()
         await self.upstream.open()
         if self.store is not None and self.settings.analytics_auto_migrate:
             try:
@@ -139,6 +159,8 @@ class ProxyApp:
             await self.writer.stop(self.settings.analytics_drain_seconds)
         await self.upstream.close()
         await self.http.aclose()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         log.info("stopped")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -148,7 +170,7 @@ class ProxyApp:
                 try:
                     await self.startup()
                 except Exception as exc:
-                    log.exception("startup failed")
+                    log.error("could not start: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -175,5 +197,11 @@ def build_backends(settings: Settings) -> tuple[SqlStore | None, list[Backend]]:
     return store, backends
 
 
-def create_app(settings: Settings | None = None) -> ProxyApp:
-    return ProxyApp(settings or Settings())
+def upstream_address(url: str) -> str:
+    """host:port of the upstream URL, as OLLAMA_HOST for the Ollama that serve starts."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def create_app(settings: Settings | None = None, *, ollama_binary: str | None = None) -> ProxyApp:
+    return ProxyApp(settings or Settings(), ollama_binary=ollama_binary)

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
+from urllib.parse import urlsplit
 
 import uvicorn
 
 from app.config import Settings
 from app.main import create_app
+from app.service.ports import describe_port_owner
 
 log = logging.getLogger(__name__)
 
 
-def uvicorn_config(settings: Settings) -> uvicorn.Config:
+def uvicorn_config(settings: Settings, *, ollama_binary: str | None = None) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings, ollama_binary=ollama_binary),
         host=settings.proxy_host,
         port=settings.proxy_port,
         # httptools + uvloop: the fastest parser and loop uvicorn has (uvloop is absent on
@@ -37,23 +38,19 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
-def port_taken(host: str, port: int) -> bool:
-    """True when something already listens on host:port."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)) == 0
-
-
-def run_proxy(settings: Settings) -> int:
-    if port_taken(settings.proxy_host, settings.proxy_port):
-        log.error(
-            "port %s on %s is already in use: stop what listens there or choose --port",
-            settings.proxy_port,
-            settings.proxy_host,
-        )
-        return 1
+def run_proxy(settings: Settings, *, ollama_binary: str | None = None) -> int:
+    """Run the proxy (and, for `serve`, Ollama under it) until SIGTERM/Ctrl-C."""
+    ports = [(settings.proxy_host, settings.proxy_port)]
+    if ollama_binary is not None:
+        parts = urlsplit(settings.ollama_upstream)
+        ports.append((parts.hostname or "127.0.0.1", parts.port or 80))
+    for host, port in ports:
+        owner = describe_port_owner(host, port)
+        if owner is not None:
+            log.error("%s", owner)
+            return 1
     try:
-        config = uvicorn_config(settings)
+        config = uvicorn_config(settings, ollama_binary=ollama_binary)
     except ValueError as exc:
         # A bad rules file and the like: the message names the file and what is wrong.
         log.error("%s", exc)

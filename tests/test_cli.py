@@ -32,9 +32,17 @@ def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 
 def test_version() -> None:
-    done = run("--version")
+    done = run("--version", env={**os.environ, "OLLAMA_UPSTREAM": "http://127.0.0.1:9"})
     assert done.returncode == 0
     assert done.stdout.strip() == f"ollama-metrics {__version__}"
+
+
+def test_version_names_the_ollama_behind_it(emulator: EmulatorServer) -> None:
+    done = run("--version", env={**os.environ, "OLLAMA_UPSTREAM": emulator.url})
+    assert done.stdout.splitlines() == [
+        f"ollama-metrics {__version__}",
+        f"ollama {emulator.config.version} (at {emulator.url})",
+    ]
 
 
 def test_no_command_prints_help() -> None:
@@ -82,7 +90,7 @@ def test_proxy_from_the_readme_forwards_and_stops_on_sigterm(emulator: EmulatorS
     assert process.returncode == -signal.SIGTERM
     assert "app.main: stopped" in output
     assert f"listening on http://127.0.0.1:{port}" in output
-    assert "GET /api/version 200" in output
+    assert "app.access: GET /api/version 200" in output
 
 
 def test_bad_category_rules_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -132,3 +140,42 @@ def test_db_command_on_an_unreachable_database_is_a_clear_error() -> None:
     assert "OperationalError" in done.stderr
     assert "pw" not in done.stderr.replace("OperationalError", "")
     assert "Traceback" not in done.stderr
+
+
+def test_json_logs_carry_one_access_object_per_request(emulator: EmulatorServer) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            console_script(),
+            "proxy",
+            "--port",
+            str(port),
+            "--upstream",
+            emulator.url,
+            "--log-format",
+            "json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_listening(port, process)
+        httpx.post(
+            f"http://127.0.0.1:{port}/api/generate",
+            json={"model": "llama3.2", "prompt": "hi", "stream": False},
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    entries = [json.loads(line) for line in output.splitlines()]
+    access = [e for e in entries if e["logger"] == "app.access"]
+    assert len(access) == 1
+    assert access[0]["method"] == "POST"
+    assert access[0]["path"] == "/api/generate"
+    assert access[0]["model"] == "llama3.2:latest"
+    assert access[0]["status"] == 200
+    assert access[0]["completion_tokens"] > 0
+    assert access[0]["duration_ms"] > 0
+    assert {"time", "level", "message"} <= access[0].keys()

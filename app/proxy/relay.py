@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -125,14 +124,10 @@ class Forwarder:
             # Ollama speaks no WebSocket; refuse the upgrade as it would.
             await send({"type": "websocket.close", "code": 1008})
             return
-        started = time.perf_counter()
-        method: str = scope["method"]
-        path: str = scope["path"]
         tap = self.taps.open(scope)
         exchange = _Exchange()
-        status = 0
         try:
-            status = await self._forward(scope, receive, send, tap, exchange)
+            await self._forward(scope, receive, send, tap, exchange)
         except asyncio.CancelledError:
             if not exchange.client_gone:
                 raise
@@ -148,14 +143,6 @@ class Forwarder:
                 error_reason=exchange.error_reason,
                 error=exchange.error,
             )
-        log.info(
-            "%s %s %s %.1fms%s",
-            method,
-            path,
-            status or "-",
-            (time.perf_counter() - started) * 1000,
-            " (client disconnected)" if exchange.client_gone else "",
-        )
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, tap: Tap, exchange: _Exchange

@@ -1,0 +1,278 @@
+"""`ollama-metrics serve`, `run` and passthrough with a stand-in `ollama` on PATH."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.emulator import EmulatorServer
+from tests.metrics_support import scrape, total
+from tests.support import ROOT, ProxyProcess, free_port, wait_until_listening
+
+FAKE_OLLAMA_DIR = ROOT / "tests" / "fake_ollama"
+SCRIPT = str(Path(sys.executable).parent / "ollama-metrics")
+
+
+def wrapper_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PATH": f"{FAKE_OLLAMA_DIR}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_OLLAMA_PYTHON": sys.executable,
+        "FAKE_OLLAMA_PIDFILE": str(tmp_path / "ollama.pids"),
+        "ANALYTICS_DIR": str(tmp_path),
+        "PROXY_PORT": str(free_port()),
+        "OLLAMA_UPSTREAM": f"http://127.0.0.1:{free_port()}",
+        # What a user's shell may carry: serve must override it for its child.
+        "OLLAMA_HOST": "0.0.0.0",
+        "PS_POLL_INTERVAL": "0",
+        **extra,
+    }
+    env.pop("OLLAMA_BIN", None)
+    return env
+
+
+def ollama_pids(tmp_path: Path) -> list[int]:
+    path = tmp_path / "ollama.pids"
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def serve(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    extra = getattr(request, "param", {})
+    env = wrapper_env(tmp_path, **extra)
+    process = subprocess.Popen(
+        [SCRIPT, "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_listening(int(env["PROXY_PORT"]), process, timeout=60)  # type: ignore[arg-type]
+        yield process, env
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_serve_runs_ollama_behind_the_proxy_and_measures_traffic(
+    serve: tuple[subprocess.Popen[str], dict[str, str]], tmp_path: Path
+) -> None:
+    process, env = serve
+    proxy = f"http://127.0.0.1:{env['PROXY_PORT']}"
+    answer = httpx.post(
+        proxy + "/api/generate", json={"model": "llama3.2", "prompt": "hi", "stream": False}
+    )
+    assert answer.status_code == 200
+    # Ollama listens where the wrapper told it to, not on the 0.0.0.0 the shell said.
+    upstream = env["OLLAMA_UPSTREAM"]
+    assert httpx.get(upstream + "/api/version").status_code == 200
+    samples = scrape(proxy)
+    assert total(samples, "ollama_requests_total", endpoint="/api/generate", status="200") == 1
+    body = answer.json()
+    assert total(samples, "ollama_tokens_total") == body["prompt_eval_count"] + body["eval_count"]
+    assert "Listening on 127.0.0.1" in (tmp_path / "ollama.log").read_text()
+    pids = ollama_pids(tmp_path)
+    assert len(pids) == 1
+    assert alive(pids[0])
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == -signal.SIGTERM
+    output = process.stdout.read() if process.stdout else ""
+    assert "stopped ollama serve" in output
+    assert not alive(pids[0]), "Ollama outlived the wrapper"
+
+
+@pytest.mark.parametrize("serve", [{"FAKE_OLLAMA_CRASH_AFTER": "1.5"}], indirect=True)
+def test_a_crashed_ollama_is_restarted_and_counted(
+    serve: tuple[subprocess.Popen[str], dict[str, str]], tmp_path: Path
+) -> None:
+    _, env = serve
+    proxy = f"http://127.0.0.1:{env['PROXY_PORT']}"
+    deadline = time.monotonic() + 30
+    while len(ollama_pids(tmp_path)) < 2:
+        assert time.monotonic() < deadline, "Ollama was not restarted"
+        time.sleep(0.1)
+    metrics = httpx.get(proxy + "/metrics").text
+    restarts = [
+        line for line in metrics.splitlines() if line.startswith("ollama_process_restarts_total")
+    ]
+    assert restarts
+    assert float(restarts[0].split()[-1]) >= 1
+
+
+def test_sigint_stops_both_with_no_orphan(
+    serve: tuple[subprocess.Popen[str], dict[str, str]], tmp_path: Path
+) -> None:
+    process, _ = serve
+    pids = ollama_pids(tmp_path)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    assert pids
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_port_taken_by_ollama_is_explained(tmp_path: Path, emulator: EmulatorServer) -> None:
+    env = wrapper_env(tmp_path, PROXY_PORT=str(emulator.port))
+    done = subprocess.run([SCRIPT, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    version = emulator.config.version
+    expected = f"an Ollama server (version {version}) is already listening on {emulator.port}"
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    assert ollama_pids(tmp_path) == []
+
+
+def test_port_taken_by_something_else_is_explained(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = wrapper_env(tmp_path, PROXY_PORT=str(taken.getsockname()[1]))
+        done = subprocess.run(
+            [SCRIPT, "serve"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 1
+    assert "is already in use by another program" in done.stderr
+
+
+def test_serve_without_ollama_says_how_to_install_it(tmp_path: Path) -> None:
+    env = wrapper_env(tmp_path, PATH=str(Path(sys.executable).parent) + os.pathsep + "/bin")
+    done = subprocess.run([SCRIPT, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Ollama is not installed" in done.stderr
+    assert "proxy --upstream" in done.stderr
+
+
+@pytest.fixture
+def proxied(
+    tmp_path: Path, emulator: EmulatorServer
+) -> Iterator[tuple[ProxyProcess, dict[str, str]]]:
+    with ProxyProcess(emulator.url, env={"PS_POLL_INTERVAL": "0"}) as proxy:
+        yield proxy, wrapper_env(tmp_path, PROXY_PORT=str(proxy.port), OLLAMA_UPSTREAM=emulator.url)
+
+
+def test_passthrough_runs_ollama_commands_through_the_proxy(
+    proxied: tuple[ProxyProcess, dict[str, str]],
+) -> None:
+    proxy, env = proxied
+    listed = subprocess.run([SCRIPT, "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "llama3.2:latest" in listed.stdout
+    missing = subprocess.run(
+        [SCRIPT, "show", "no-such-model"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr
+    unknown = subprocess.run(
+        [SCRIPT, "frobnicate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert unknown.returncode == 1
+    metrics = httpx.get(proxy.url + "/metrics").text
+    assert 'endpoint="/api/tags"' in metrics
+    assert 'endpoint="/api/show"' in metrics
+
+
+def test_run_one_shot_and_interactive(proxied: tuple[ProxyProcess, dict[str, str]]) -> None:
+    proxy, env = proxied
+    once = subprocess.run(
+        [SCRIPT, "run", "llama3.2", "Why is the sky blue?"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert once.returncode == 0, once.stderr
+    assert once.stdout.strip()
+    chat = subprocess.run(
+        [SCRIPT, "run", "llama3.2"],
+        env=env,
+        input="hello there\nand again\n/bye\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert chat.returncode == 0, chat.stderr
+    metrics = httpx.get(proxy.url + "/metrics").text
+    chats = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("ollama_requests_total{") and 'endpoint="/api/chat"' in line
+    ]
+    assert sum(float(line.split()[-1]) for line in chats) == 3
+
+
+def test_run_starts_the_stack_when_it_is_not_up(tmp_path: Path) -> None:
+    env = wrapper_env(tmp_path)
+    try:
+        done = subprocess.run(
+            [SCRIPT, "run", "llama3.2", "Hello"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "started serve in the background" in done.stderr
+        assert (
+            httpx.get(f"http://127.0.0.1:{env['PROXY_PORT']}/test").json()["upstream_reachable"]
+            is True
+        )
+    finally:
+        for process in psutil.process_iter(["cmdline", "environ"]):
+            try:
+                if (
+                    process.info["cmdline"]
+                    and "serve" in process.info["cmdline"]
+                    and (process.info["environ"] or {}).get("PROXY_PORT") == env["PROXY_PORT"]
+                ):
+                    process.terminate()
+                    process.wait(30)
+            except (psutil.Error, TypeError):
+                continue
+    assert not any(alive(pid) for pid in ollama_pids(tmp_path))
+
+
+def test_doctor_passes_on_a_working_setup(proxied: tuple[ProxyProcess, dict[str, str]]) -> None:
+    _, env = proxied
+    done = subprocess.run([SCRIPT, "doctor"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {line.split()[1] for line in done.stdout.splitlines() if line[:1].strip()}
+    assert {"port", "ollama", "proxy", "prometheus", "analytics", "streaming"} <= rows
+    assert "FAIL" not in done.stdout
+    assert "ollama-metrics (version" in done.stdout
+
+
+def test_doctor_names_each_failure_and_its_fix(tmp_path: Path) -> None:
+    env = wrapper_env(tmp_path)
+    done = subprocess.run([SCRIPT, "doctor"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("FAIL") and "no Ollama answers" in line for line in lines)
+    assert any("fix: ollama-metrics serve" in line for line in lines)
+    assert any(line.startswith("warn") and "the proxy is not running" in line for line in lines)
