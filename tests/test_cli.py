@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,26 @@ def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [console_script(), *args], capture_output=True, text=True, timeout=30, cwd=ROOT, **kwargs
     )
+
+
+def proxy_session(upstream: str, request: Callable[[str], object], *flags: str) -> tuple[int, str]:
+    """Run `ollama-metrics proxy` as a user would, make ``request(url)``, then SIGTERM it;
+    returns the exit status and everything it printed."""
+    port = free_port()
+    process = subprocess.Popen(
+        [console_script(), "proxy", "--port", str(port), "--upstream", upstream, *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_listening(port, process)
+        request(f"http://127.0.0.1:{port}")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    return process.returncode, output
 
 
 def test_version() -> None:
@@ -71,25 +92,17 @@ def test_port_in_use_is_a_clear_error() -> None:
 
 
 def test_proxy_from_the_readme_forwards_and_stops_on_sigterm(emulator: EmulatorServer) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [console_script(), "proxy", "--port", str(port), "--upstream", emulator.url],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_until_listening(port, process)
-        answer = httpx.get(f"http://127.0.0.1:{port}/api/version")
-        assert answer.json() == {"version": emulator.config.version}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=20)
+    answers: list[object] = []
+
+    def request(url: str) -> None:
+        answers.append(httpx.get(url + "/api/version").json())
+
+    status, output = proxy_session(emulator.url, request)
+    assert answers == [{"version": emulator.config.version}]
     # uvicorn shuts down cleanly, then re-raises the signal so the exit status says why.
-    assert process.returncode == -signal.SIGTERM
+    assert status == -signal.SIGTERM
     assert "app.main: stopped" in output
-    assert f"listening on http://127.0.0.1:{port}" in output
+    assert "listening on http://127.0.0.1:" in output
     assert "app.access: GET /api/version 200" in output
 
 
@@ -143,32 +156,11 @@ def test_db_command_on_an_unreachable_database_is_a_clear_error() -> None:
 
 
 def test_json_logs_carry_one_access_object_per_request(emulator: EmulatorServer) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            console_script(),
-            "proxy",
-            "--port",
-            str(port),
-            "--upstream",
-            emulator.url,
-            "--log-format",
-            "json",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_until_listening(port, process)
-        httpx.post(
-            f"http://127.0.0.1:{port}/api/generate",
-            json={"model": "llama3.2", "prompt": "hi", "stream": False},
-        )
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=20)
+    def request(url: str) -> None:
+        body = {"model": "llama3.2", "prompt": "hi", "stream": False}
+        httpx.post(url + "/api/generate", json=body)
+
+    _, output = proxy_session(emulator.url, request, "--log-format", "json")
     entries = [json.loads(line) for line in output.splitlines()]
     access = [e for e in entries if e["logger"] == "app.access"]
     assert len(access) == 1
