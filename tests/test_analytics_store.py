@@ -228,3 +228,16 @@ def test_retention_deletes_only_old_rows(tmp_path: Path) -> None:
     rows, _ = store.search(SearchQuery(prompt_search="number5", limit=10))
     assert rows == []  # the full-text index forgot them too
     store.close()
+
+
+def test_client_chosen_strings_fit_their_columns(store: SqlStore) -> None:
+    from app.analytics.rows import to_row
+    from tests.support import sample_record
+
+    record = sample_record(
+        model="m" * 5000, path="/" + "p" * 5000, user_agent="u" * 5000, done_reason="d" * 100
+    )
+    store.write([to_row(record, store_prompts=True, max_text_bytes=1000)])
+    stored = store.get(record.id)
+    assert stored is not None
+    assert stored["model"] == "m" * 255

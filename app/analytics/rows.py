@@ -58,21 +58,23 @@ def to_row(record: ExchangeRecord, *, store_prompts: bool, max_text_bytes: int) 
             continue
         texts[name], cut = cap(value, max_text_bytes)
         truncated = truncated or cut
+    # Client-chosen strings are cut to their column sizes: one over-long model name must not
+    # make a whole batch fail (and be retried) forever.
     return {
         "id": record.id,
         "timestamp": record.timestamp,
-        "method": record.method,
-        "path": record.path,
+        "method": record.method[:16],
+        "path": record.path[:2048],
         "endpoint": record.endpoint,
-        "model": record.model,
+        "model": record.model[:255],
         "category": record.category,
-        "client": record.client,
-        "user_agent": record.user_agent,
+        "client": record.client[:64],
+        "user_agent": record.user_agent[:1024],
         "status": record.status,
         "streamed": record.streamed,
         **texts,
         "upstream_error": record.upstream_error,
-        "done_reason": record.done_reason,
+        "done_reason": record.done_reason[:32] if record.done_reason else None,
         "cancelled": record.cancelled,
         "truncated": truncated,
         "duration_s": record.duration_s,
