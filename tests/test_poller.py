@@ -210,7 +210,8 @@ def test_upstream_outage_keeps_then_clears_the_snapshot_and_recovers(
 
             await wait_for(lambda: rig.value("ollama_models_loaded") is None, within=10 * interval)
             assert rig.samples() == []
-            assert sum(not ok for ok, _ in seen[first_failure:]) >= 3
+            # The snapshot expires by time (three intervals after the last success, checked at
+            # scrape time), not by a count of failed polls: a loaded machine polls less often.
             assert all(not ok for ok, _ in seen[first_failure:])
 
             await asyncio.to_thread(emulator.start)
