@@ -180,3 +180,48 @@ def test_rows_respect_privacy_and_caps() -> None:
     assert private["prompt"] == private["response"] == private["request_body"] == ""
     assert private["error"] == "upstream said no"
     assert private["prompt_tokens"] == 20
+
+
+class SizeLimited:
+    """A backend that refuses any batch above 10 rows with a retryable error, as Loki does
+    (429) with a push above its burst limit; everything it accepts is kept."""
+
+    name = "size-limited"
+
+    def __init__(self) -> None:
+        self.kept: list[str] = []
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if len(rows) > 10:
+            raise RuntimeError("429 ingestion rate limit exceeded")
+        self.kept += [row["id"] for row in rows]
+
+    def delete_older_than(self, cutoff: float) -> int:
+        return 0
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_batch_too_big_for_the_backend_is_split_until_it_fits() -> None:
+    backend = SizeLimited()
+    registry = CollectorRegistry()
+    writer = writer_for(backend, registry, batch_size=64, flush_interval=0.2)
+    records = [sample_record() for _ in range(64)]
+
+    async def scenario() -> None:
+        await writer.start()
+        for record in records:
+            writer.finished(record)
+        await until(lambda: len(backend.kept) == 64)
+        await writer.stop()
+
+    asyncio.run(scenario())
+    assert sorted(backend.kept) == sorted(r.id for r in records)
+    assert value(registry, "ollama_analytics_records_written_total", backend="size-limited") == 64
+    assert (
+        value(
+            registry, "ollama_analytics_dropped_total", backend="size-limited", reason="queue_full"
+        )
+        == 0
+    )

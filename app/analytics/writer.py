@@ -166,20 +166,33 @@ class AnalyticsWriter:
             lane.batch = []
 
     async def _write(self, lane: _Lane) -> None:
+        await self._write_rows(lane, lane.batch)
+
+    async def _write_rows(self, lane: _Lane, rows: list[dict[str, Any]]) -> None:
+        """Write ``rows``, retrying with backoff. A batch that keeps failing is split in
+        halves: a store that is down fails every size alike, but a batch that is merely too
+        big for the backend (Loki's burst limit answers 429 to it forever) gets through."""
         name = lane.backend.name
         backoff = 0.5
+        failures = 0
         while True:
             try:
-                await asyncio.to_thread(lane.backend.write, lane.batch)
+                await asyncio.to_thread(lane.backend.write, rows)
             except RejectedRows as exc:
-                log.error("analytics: %s rejected %d records: %s", name, len(lane.batch), exc)
-                self.metrics.dropped.labels(name, "rejected").inc(len(lane.batch))
+                log.error("analytics: %s rejected %d records: %s", name, len(rows), exc)
+                self.metrics.dropped.labels(name, "rejected").inc(len(rows))
                 return
             except Exception as exc:
                 self.metrics.write_errors.labels(name).inc()
+                failures += 1
                 if lane.failing_since is None:
                     lane.failing_since = time.monotonic()
                     log.warning("analytics: writing to %s failed, will retry: %s", name, exc)
+                if failures >= 3 and len(rows) > 1:
+                    half = len(rows) // 2
+                    await self._write_rows(lane, rows[:half])
+                    await self._write_rows(lane, rows[half:])
+                    return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
@@ -190,7 +203,7 @@ class AnalyticsWriter:
                     time.monotonic() - lane.failing_since,
                 )
                 lane.failing_since = None
-            self.metrics.written.labels(name).inc(len(lane.batch))
+            self.metrics.written.labels(name).inc(len(rows))
             return
 
     async def _retain(self) -> None:
