@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -9,9 +10,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -159,3 +163,82 @@ def sample_row(**overrides: object) -> dict[str, object]:
     row: dict[str, object] = to_row(sample_record(), store_prompts=True, max_text_bytes=1 << 20)
     row.update(overrides)
     return row
+
+
+# (method, path, headers with lower-case names, body) -> (status, content type or None, body)
+Respond = Callable[[str, str, dict[str, str], bytes], tuple[int, str | None, bytes]]
+
+
+class LocalHttpServer:
+    """A threaded HTTP server on a free loopback port; ``respond`` answers every request.
+    Stands in for the HTTP peers this project has no binary of (Loki, odd Ollamas)."""
+
+    def __init__(self, respond: Respond) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, content_type, answer = respond(self.command, self.path, headers, body)
+                try:
+                    self.send_response(status)
+                    if content_type is not None:
+                        self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                except ConnectionError:  # the client gave up waiting (timeout tests)
+                    pass
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+
+    def __enter__(self) -> LocalHttpServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@contextlib.contextmanager
+def running_prometheus(target_port: int, work: Path, *flags: str) -> Iterator[str]:
+    """The Debian Prometheus scraping 127.0.0.1:``target_port`` every second; yields its URL."""
+    binary = shutil.which("prometheus")
+    assert binary, "the Debian package prometheus is not installed (scripts/setup.sh --dev)"
+    config = work / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: ollama-metrics\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+    )
+    port = free_port()
+    with open(work / "prometheus.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={work / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                *flags,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_listening(port, process, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

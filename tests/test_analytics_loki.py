@@ -11,14 +11,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from app.analytics.loki import LokiBackend, LokiError, LokiRejected, status_class
 from app.analytics.rows import RejectedRows
-from tests.support import sample_row
+from tests.support import LocalHttpServer, sample_row
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 NS = re.compile(r"^[0-9]+$")
@@ -88,7 +87,7 @@ def stream_errors(stream: Any) -> list[str]:
     return errors
 
 
-class LokiReceiver:
+class LokiReceiver(LocalHttpServer):
     """A loopback HTTP server taking Loki pushes: validates, stores, answers as scripted."""
 
     def __init__(self) -> None:
@@ -98,29 +97,14 @@ class LokiReceiver:
         self.body = b""
         self.hang = 0.0
         self.released = threading.Event()
-        receiver = self
+        super().__init__(self.respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.take(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                receiver.released.wait(receiver.hang)
-                try:
-                    self.send_response(receiver.status)
-                    self.send_header("Content-Length", str(len(receiver.body)))
-                    self.end_headers()
-                    self.wfile.write(receiver.body)
-                except ConnectionError:  # the client gave up waiting (the timeout test)
-                    pass
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
+    def respond(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str | None, bytes]:
+        self.take(path, headers, body)
+        self.released.wait(self.hang)
+        return self.status, None, self.body
 
     def take(self, path: str, headers: dict[str, str], body: bytes) -> None:
         problems = format_errors(path, headers, body)
@@ -131,15 +115,9 @@ class LokiReceiver:
     def answer(self, status: int, body: str = "") -> None:
         self.status, self.body = status, body.encode()
 
-    def __enter__(self) -> LokiReceiver:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.released.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        super().__exit__(*exc)
 
 
 @pytest.fixture

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -32,7 +30,7 @@ import yaml
 from app.analytics.jsonl import compact_json
 from app.analytics.loki import ROW_LABELS
 from tests.emulator import EmulatorServer
-from tests.support import CHAT, ROOT, ProxyProcess, free_port, sample_row, wait_until_listening
+from tests.support import CHAT, ROOT, ProxyProcess, running_prometheus, sample_row
 
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD_DIR = GRAFANA / "dashboards"
@@ -703,37 +701,10 @@ def metrics_proxy(emulator: EmulatorServer) -> Iterator[ProxyProcess]:
 def prometheus(
     metrics_proxy: ProxyProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    assert binary, "the Debian package prometheus is not installed (scripts/setup.sh --dev)"
     work = tmp_path_factory.mktemp("prometheus-dashboards")
-    config = work / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: ollama-metrics\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{metrics_proxy.port}']\n"
-    )
-    port = free_port()
-    log = open(work / "prometheus.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={work / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            # Scrapes OpenMetrics and keeps the exemplars, as the deployment must.
-            "--enable-feature=exemplar-storage",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until_listening(port, process, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+    # Scrapes OpenMetrics and keeps the exemplars, as the deployment must.
+    with running_prometheus(metrics_proxy.port, work, "--enable-feature=exemplar-storage") as url:
+        yield url
 
 
 def send_traffic(client: httpx.Client) -> int:

@@ -15,10 +15,8 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 import tomllib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,7 +31,7 @@ from app.cli import _parser, settings_from_args
 from app.config import Settings
 from app.metrics.instruments import DURATION_BUCKETS
 from app.ollama.endpoints import known_labels
-from tests.support import sample_record
+from tests.support import LocalHttpServer, sample_record
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -483,38 +481,23 @@ def test_build_context_holds_the_package_and_nothing_else() -> None:
 # --- Loki --------------------------------------------------------------------------------------
 
 
-class Receiver(ThreadingHTTPServer):
-    pushes: list[dict[str, Any]]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.pushes.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def pushed() -> Iterator[tuple[LokiBackend, list[dict[str, Any]]]]:
     """A LokiBackend and the pushes a local receiver took from it."""
-    server = Receiver(("127.0.0.1", 0), _Handler)
-    server.pushes = []
-    thread = threading.Thread(target=server.serve_forever, name="loki-receiver", daemon=True)
-    thread.start()
-    backend = LokiBackend(f"http://127.0.0.1:{server.server_address[1]}")
-    try:
-        yield backend, server.pushes
-    finally:
-        backend.close()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    pushes: list[dict[str, Any]] = []
+
+    def take(
+        method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str | None, bytes]:
+        pushes.append(json.loads(body))
+        return 204, None, b""
+
+    with LocalHttpServer(take) as server:
+        backend = LokiBackend(server.url)
+        try:
+            yield backend, pushes
+        finally:
+            backend.close()
 
 
 def limits() -> dict[str, Any]:

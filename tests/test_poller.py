@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -17,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from app.metrics.poller import MAX_MODELS, LoadedModelsCollector, ModelPoller
 from tests.emulator import EmulatorServer
-from tests.support import free_port
+from tests.support import LocalHttpServer, free_port
 
 LLAMA = "llama3.2:latest"
 EMBED = "nomic-embed-text:latest"
@@ -36,47 +34,23 @@ def emulator(upstream: EmulatorServer) -> EmulatorServer:
     return upstream
 
 
-class ScriptedServer:
+class ScriptedServer(LocalHttpServer):
     """A local HTTP server answering every GET with whatever the test last set."""
 
     def __init__(self) -> None:
         self.status = 200
         self.body = b'{"models": []}'
         self.delay = 0.0
-        answer = self
+        super().__init__(self.respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                time.sleep(answer.delay)
-                try:
-                    self.send_response(answer.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(answer.body)))
-                    self.end_headers()
-                    self.wfile.write(answer.body)
-                except ConnectionError:  # the poller gave up waiting (the timeout test)
-                    pass
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
+    def respond(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str | None, bytes]:
+        time.sleep(self.delay)
+        return self.status, "application/json", self.body
 
     def answer(self, document: object, *, status: int = 200) -> None:
         self.status, self.body = status, json.dumps(document).encode()
-
-    def __enter__(self) -> ScriptedServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
 
 def entry(name: str, size: int, vram: int) -> dict[str, Any]:

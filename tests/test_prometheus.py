@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.emulator import EmulatorServer
-from tests.support import ProxyProcess, free_port, wait_until_listening
+from tests.support import ProxyProcess, running_prometheus
 
 
 @pytest.fixture(scope="module")
@@ -22,35 +22,8 @@ def proxy(emulator: EmulatorServer) -> Iterator[ProxyProcess]:
 
 @pytest.fixture(scope="module")
 def prometheus(proxy: ProxyProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    assert binary, "the Debian package prometheus is not installed (scripts/setup.sh --dev)"
-    work = tmp_path_factory.mktemp("prometheus")
-    config = work / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: ollama-metrics\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{proxy.port}']\n"
-    )
-    port = free_port()
-    log = open(work / "prometheus.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={work / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until_listening(port, process, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+    with running_prometheus(proxy.port, tmp_path_factory.mktemp("prometheus")) as url:
+        yield url
 
 
 def query(prometheus: str, promql: str) -> float | None:
