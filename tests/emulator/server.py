@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from starlette.types import ASGIApp
 
 from tests.emulator.app import create_app
 from tests.emulator.config import EmulatorConfig
@@ -41,13 +42,13 @@ class _HideDeliberateResets(logging.Filter):
         return not isinstance(error, EmulatedReset)
 
 
-def serve(config: EmulatorConfig, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM. Go sends no Server header, so neither does this."""
+def uvicorn_config(app: ASGIApp, **bind: Any) -> uvicorn.Config:
+    """uvicorn set up like Ollama's Go server: no Server header, no server-side timeouts.
+    ``bind`` is host/port, or nothing when the caller hands uvicorn a socket."""
     logging.getLogger("uvicorn.error").addFilter(_HideDeliberateResets())
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
+    return uvicorn.Config(
+        app,
+        **bind,
         server_header=False,
         access_log=False,
         log_level="warning",
@@ -57,6 +58,11 @@ def serve(config: EmulatorConfig, host: str, port: int) -> None:
         timeout_keep_alive=24 * 3600,
         timeout_graceful_shutdown=1,
     )
+
+
+def serve(config: EmulatorConfig, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM. Go sends no Server header, so neither does this."""
+    uvicorn.Server(uvicorn_config(create_app(config), host=host, port=port)).run()
 
 
 def _free_port() -> int:

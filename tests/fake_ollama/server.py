@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
-import logging
 import os
 import signal
 import socket
@@ -28,7 +27,7 @@ from tests.emulator.app import create_app
 from tests.emulator.config import EmulatorConfig
 
 # Private, but it is the emulator's own: without it every injected reset logs a traceback.
-from tests.emulator.server import _HideDeliberateResets
+from tests.emulator.server import uvicorn_config
 from tests.fake_ollama.client import CliError
 from tests.fake_ollama.commands import Console
 from tests.fake_ollama.hosts import OllamaHost
@@ -162,18 +161,6 @@ def serve(host: OllamaHost, options: ServeOptions, console: Console) -> int:
     if options.crash_after is not None:
         _crash_later(options.crash_after, console)
     config = EmulatorConfig(token_delay=options.token_delay, version=options.version)
-    logging.getLogger("uvicorn.error").addFilter(_HideDeliberateResets())
-    server = uvicorn.Server(
-        uvicorn.Config(
-            GinAccessLog(create_app(config), console.out),
-            server_header=False,
-            access_log=False,
-            log_level="warning",
-            lifespan="off",
-            # As in the emulator: Ollama sets no server timeouts.
-            timeout_keep_alive=24 * 3600,
-            timeout_graceful_shutdown=1,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(GinAccessLog(create_app(config), console.out)))
     server.run(sockets=[sock])
     return 0
