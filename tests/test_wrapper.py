@@ -41,6 +41,15 @@ def wrapper_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def wrapper(
+    env: dict[str, str], *args: str, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``ollama-metrics ARGS`` as a user types it, output captured."""
+    return subprocess.run(
+        [SCRIPT, *args], env=env, input=input, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def ollama_pids(tmp_path: Path) -> list[int]:
     path = tmp_path / "ollama.pids"
     return [int(line) for line in path.read_text().split()] if path.exists() else []
@@ -140,7 +149,7 @@ def test_sigint_stops_both_with_no_orphan(
 
 def test_port_taken_by_ollama_is_explained(tmp_path: Path, emulator: EmulatorServer) -> None:
     env = wrapper_env(tmp_path, PROXY_PORT=str(emulator.port))
-    done = subprocess.run([SCRIPT, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    done = wrapper(env, "serve")
     assert done.returncode == 1
     version = emulator.config.version
     expected = f"an Ollama server (version {version}) is already listening on {emulator.port}"
@@ -154,16 +163,14 @@ def test_port_taken_by_something_else_is_explained(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         env = wrapper_env(tmp_path, PROXY_PORT=str(taken.getsockname()[1]))
-        done = subprocess.run(
-            [SCRIPT, "serve"], env=env, capture_output=True, text=True, timeout=60
-        )
+        done = wrapper(env, "serve")
     assert done.returncode == 1
     assert "is already in use by another program" in done.stderr
 
 
 def test_serve_without_ollama_says_how_to_install_it(tmp_path: Path) -> None:
     env = wrapper_env(tmp_path, PATH=str(Path(sys.executable).parent) + os.pathsep + "/bin")
-    done = subprocess.run([SCRIPT, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    done = wrapper(env, "serve")
     assert done.returncode == 1
     assert "Ollama is not installed" in done.stderr
     assert "proxy --upstream" in done.stderr
@@ -181,17 +188,13 @@ def test_passthrough_runs_ollama_commands_through_the_proxy(
     proxied: tuple[ProxyProcess, dict[str, str]],
 ) -> None:
     proxy, env = proxied
-    listed = subprocess.run([SCRIPT, "list"], env=env, capture_output=True, text=True, timeout=60)
+    listed = wrapper(env, "list")
     assert listed.returncode == 0, listed.stderr
     assert "llama3.2:latest" in listed.stdout
-    missing = subprocess.run(
-        [SCRIPT, "show", "no-such-model"], env=env, capture_output=True, text=True, timeout=60
-    )
+    missing = wrapper(env, "show", "no-such-model")
     assert missing.returncode == 1
     assert "not found" in missing.stderr
-    unknown = subprocess.run(
-        [SCRIPT, "frobnicate"], env=env, capture_output=True, text=True, timeout=60
-    )
+    unknown = wrapper(env, "frobnicate")
     assert unknown.returncode == 1
     metrics = httpx.get(proxy.url + "/metrics").text
     assert 'endpoint="/api/tags"' in metrics
@@ -200,43 +203,18 @@ def test_passthrough_runs_ollama_commands_through_the_proxy(
 
 def test_run_one_shot_and_interactive(proxied: tuple[ProxyProcess, dict[str, str]]) -> None:
     proxy, env = proxied
-    once = subprocess.run(
-        [SCRIPT, "run", "llama3.2", "Why is the sky blue?"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    once = wrapper(env, "run", "llama3.2", "Why is the sky blue?")
     assert once.returncode == 0, once.stderr
     assert once.stdout.strip()
-    chat = subprocess.run(
-        [SCRIPT, "run", "llama3.2"],
-        env=env,
-        input="hello there\nand again\n/bye\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    chat = wrapper(env, "run", "llama3.2", input="hello there\nand again\n/bye\n")
     assert chat.returncode == 0, chat.stderr
-    metrics = httpx.get(proxy.url + "/metrics").text
-    chats = [
-        line
-        for line in metrics.splitlines()
-        if line.startswith("ollama_requests_total{") and 'endpoint="/api/chat"' in line
-    ]
-    assert sum(float(line.split()[-1]) for line in chats) == 3
+    assert total(scrape(proxy.url), "ollama_requests_total", endpoint="/api/chat") == 3
 
 
 def test_run_starts_the_stack_when_it_is_not_up(tmp_path: Path) -> None:
     env = wrapper_env(tmp_path)
     try:
-        done = subprocess.run(
-            [SCRIPT, "run", "llama3.2", "Hello"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = wrapper(env, "run", "llama3.2", "Hello", timeout=120)
         assert done.returncode == 0, done.stderr
         assert "started serve in the background" in done.stderr
         assert (
@@ -260,7 +238,7 @@ def test_run_starts_the_stack_when_it_is_not_up(tmp_path: Path) -> None:
 
 def test_doctor_passes_on_a_working_setup(proxied: tuple[ProxyProcess, dict[str, str]]) -> None:
     _, env = proxied
-    done = subprocess.run([SCRIPT, "doctor"], env=env, capture_output=True, text=True, timeout=60)
+    done = wrapper(env, "doctor")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {line.split()[1] for line in done.stdout.splitlines() if line[:1].strip()}
     assert {"port", "ollama", "proxy", "prometheus", "analytics", "streaming"} <= rows
@@ -270,7 +248,7 @@ def test_doctor_passes_on_a_working_setup(proxied: tuple[ProxyProcess, dict[str,
 
 def test_doctor_names_each_failure_and_its_fix(tmp_path: Path) -> None:
     env = wrapper_env(tmp_path)
-    done = subprocess.run([SCRIPT, "doctor"], env=env, capture_output=True, text=True, timeout=60)
+    done = wrapper(env, "doctor")
     assert done.returncode == 1
     lines = done.stdout.splitlines()
     assert any(line.startswith("FAIL") and "no Ollama answers" in line for line in lines)
