@@ -156,12 +156,9 @@ def run_db(settings: Settings, action: str, revision: str | None) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from app.analytics import migrate
-    from app.analytics.sql import create_store_engine, database_url
+    from app.analytics.sql import create_store_engine, settings_url
 
-    given = settings.analytics_database_url
-    engine = create_store_engine(
-        database_url(given.get_secret_value() if given else None, settings.analytics_dir)
-    )
+    engine = create_store_engine(settings_url(settings))
     shown = engine.url.render_as_string(hide_password=True)
     try:
         if action == "upgrade":

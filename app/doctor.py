@@ -90,13 +90,12 @@ def _scrape(proxy_url: str) -> Check:
 
 def _store(settings: Settings) -> Check:
     from app.analytics import migrate
-    from app.analytics.sql import create_store_engine, database_url
+    from app.analytics.sql import create_store_engine, settings_url
 
     names = settings.analytics_backends
     if "sqlite" not in names and "postgresql" not in names:
         return Check("analytics store", OK, f"no SQL store ({', '.join(names) or 'off'})")
-    given = settings.analytics_database_url
-    url = database_url(given.get_secret_value() if given else None, settings.analytics_dir)
+    url = settings_url(settings)
     try:
         engine = create_store_engine(url)
         shown = engine.url.render_as_string(hide_password=True)

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 from app.analytics.jsonl import JsonlBackend
 from app.analytics.loki import LokiBackend
 from app.analytics.rows import Backend
-from app.analytics.sql import SqlStore, create_store_engine, database_url
+from app.analytics.sql import SqlStore, create_store_engine, settings_url
 from app.analytics.writer import AnalyticsMetrics, AnalyticsWriter
 from app.api.analytics import create_analytics_router
 from app.api.routes import create_api
@@ -186,9 +186,8 @@ def build_backends(settings: Settings) -> tuple[SqlStore | None, list[Backend]]:
     backends: list[Backend] = []
     store: SqlStore | None = None
     if "sqlite" in names or "postgresql" in names:
-        given = settings.analytics_database_url
-        url = database_url(given.get_secret_value() if given else None, settings.analytics_dir)
-        store = SqlStore(create_store_engine(url), auto_migrate=settings.analytics_auto_migrate)
+        engine = create_store_engine(settings_url(settings))
+        store = SqlStore(engine, auto_migrate=settings.analytics_auto_migrate)
         backends.append(store)
     if "jsonl" in names:
         backends.append(JsonlBackend(settings.analytics_dir))

@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 
 from app.analytics.migrate import upgrade
 from app.analytics.tables import requests
+from app.config import Settings
 
 SUMMARY_COLUMNS = [
     c for c in requests.c if c.name not in ("request_body", "thinking", "tool_calls")
@@ -49,6 +50,12 @@ def database_url(url: str | None, directory: Path) -> str:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
+
+
+def settings_url(settings: Settings) -> str:
+    """The SQL store's URL for these settings (``ANALYTICS_DATABASE_URL`` or SQLite)."""
+    given = settings.analytics_database_url
+    return database_url(given.get_secret_value() if given else None, settings.analytics_dir)
 
 
 def create_store_engine(url: str) -> Engine:
