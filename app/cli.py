@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from app.config import Settings
+from app.config import CONFIG_ENV, ConfigFileError, Settings
 from app.doctor import FAIL, render, run_checks
 from app.logs import configure_logging
 from app.server import run_proxy
 from app.service.binary import INSTALL_HINT, find_ollama
+from app.winsvc import manage, sc
+from app.winsvc.manage import Options
+from app.winsvc.sc import SERVICE_FLAG
 from app.wrapper import ensure_stack, run_ollama, version_text
 
 # Our own commands; any other first word is an Ollama command, passed through.
-OWN_COMMANDS = frozenset({"proxy", "serve", "run", "db", "doctor", "help"})
+OWN_COMMANDS = frozenset({"proxy", "serve", "run", "db", "doctor", "service", "help"})
 
 
 def _listen_options(command: argparse.ArgumentParser, *, upstream: bool) -> None:
@@ -43,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--version", action="store_true", help="print this version and the Ollama behind it"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML configuration file (env {CONFIG_ENV}; settings as in "
+        "docs/configuration.md, below the environment and flags)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -86,6 +96,25 @@ def _parser() -> argparse.ArgumentParser:
     downgrade = db_commands.add_parser("downgrade", help="migrate back to a revision")
     downgrade.add_argument("revision", help="e.g. -1, base or a revision id")
     db_commands.add_parser("current", help="print the database's revision and the newest one")
+
+    service = commands.add_parser(
+        "service",
+        help="install and control the Windows service (sc.exe)",
+        description="Install ollama-metrics.exe as a Windows service that runs `serve` at "
+        "boot (configuration: %%ProgramData%%\\OllamaMetrics\\config.toml, logs in its "
+        "logs folder). install stops and disables an Ollama that starts on its own and "
+        "uninstall puts it back. Needs an elevated prompt, except status and --dry-run.",
+    )
+    service.add_argument("action", choices=["install", "uninstall", "start", "stop", "status"])
+    service.add_argument("--name", default=sc.DEFAULT_NAME, help="service name")
+    service.add_argument(
+        "--exe", help="path of ollama-metrics.exe for the service (default: this program)"
+    )
+    service.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the exact sc.exe commands (for cmd.exe) and change nothing; any OS",
+    )
     return parser
 
 
@@ -104,6 +133,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def _settings_or_exit(args: argparse.Namespace) -> Settings | int:
     try:
         return settings_from_args(args)
+    except ConfigFileError as exc:
+        print(f"ollama-metrics: configuration file {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "settings"
@@ -114,12 +146,25 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [SERVICE_FLAG]:
+        # Started by the Windows service manager (the service's binPath).
+        from app.winsvc.host import run_service
+
+        return run_service()
+    if argv[:1] == ["service"]:
+        # Needs no settings: it must work when the environment is not this machine's.
+        args = _parser().parse_args(argv)
+        options = Options(name=args.name, executable=args.exe, dry_run=args.dry_run)
+        return manage.run(args.action, options)
     if argv and not argv[0].startswith("-") and argv[0] not in OWN_COMMANDS:
         # An Ollama command: run the real CLI against the proxy.
         settings = _settings_or_exit(argparse.Namespace())
         return settings if isinstance(settings, int) else run_ollama(settings, argv)
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.config:
+        # Through the environment, so that what this starts (serve, run) reads it too.
+        os.environ[CONFIG_ENV] = args.config
     settings = _settings_or_exit(args)
     if isinstance(settings, int):
         return settings

@@ -1,22 +1,113 @@
-"""Settings: the one place that reads the environment.
+"""Settings: the one place that reads the environment and the configuration file.
 
 Every knob has an environment variable (the field name in upper case) and a default that
 suits the usual layout: the proxy on Ollama's own port 11434, the real Ollama moved to 11435.
-Command-line flags are applied on top by passing them to ``Settings(...)`` as keyword
-arguments, which pydantic-settings ranks above the environment.
+A TOML configuration file (keys: the field names) sits below the environment; it is what a
+Windows service reads, since a service does not see the user's environment. Command-line
+flags are applied on top by passing them to ``Settings(...)`` as keyword arguments, which
+pydantic-settings ranks above both.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CONFIG_ENV = "OLLAMA_METRICS_CONFIG"
+CONFIG_NAME = "config.toml"
+
+
+class ConfigFileError(ValueError):
+    """The configuration file cannot be read, or names a setting that does not exist."""
+
+
+def program_data_home() -> Path:
+    """``%ProgramData%\\OllamaMetrics``: the Windows service's configuration, logs and data."""
+    return Path(os.environ.get("PROGRAMDATA") or r"C:\ProgramData") / "OllamaMetrics"
+
+
+def config_file_candidates() -> list[Path]:
+    """Where the configuration file is looked for, first match wins.
+
+    ``OLLAMA_METRICS_CONFIG`` names it outright (and then it must exist); otherwise
+    ``config.toml`` next to a frozen executable, then, on Windows, in ``%ProgramData%``.
+    """
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        return [Path(named)]
+    found: list[Path] = []
+    if getattr(sys, "frozen", False):
+        found.append(Path(sys.executable).resolve().parent / CONFIG_NAME)
+    if sys.platform == "win32":
+        found.append(program_data_home() / CONFIG_NAME)
+    return found
+
+
+def find_config_file() -> Path | None:
+    candidates = config_file_candidates()
+    if os.environ.get(CONFIG_ENV):
+        if not candidates[0].is_file():
+            raise ConfigFileError(f"{CONFIG_ENV}={candidates[0]}: no such file")
+        return candidates[0]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def read_config_file(path: Path, known: set[str]) -> dict[str, Any]:
+    """The file's settings, keys lower-cased; unknown keys are an error (a typo is not
+    silently ignored)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigFileError(f"{path}: cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{path}: not valid TOML: {exc}") from exc
+    values = {key.lower(): value for key, value in data.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigFileError(f"{path}: unknown setting {', '.join(unknown)}")
+    return values
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = find_config_file()
+        known = set(settings_cls.model_fields)
+        self.values = {} if path is None else read_config_file(path, known)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.values)
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags, then the environment, then the configuration file, then the defaults.
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
 
     proxy_host: str = Field("127.0.0.1", description="Address the proxy listens on.")
     proxy_port: int = Field(11434, ge=0, le=65535, description="Port the proxy listens on.")
@@ -37,6 +128,15 @@ class Settings(BaseSettings):
     ollama_bin: str | None = Field(None, description="The ollama executable for serve/run.")
     ollama_log: Path | None = Field(
         None, description="Where serve writes Ollama's own output (default: in ANALYTICS_DIR)."
+    )
+    ollama_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment for the Ollama that serve starts (e.g. OLLAMA_MODELS).",
+    )
+    service_command: str = Field(
+        "serve",
+        pattern="^(serve|proxy)$",
+        description="What the Windows service runs: serve (Ollama and the proxy) or proxy.",
     )
 
     metrics_max_models: int = Field(

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.config import Settings
+from app.config import Settings, find_config_file
 from app.service.ports import describe_port_owner
 from app.wrapper import proxy_address, upstream_version
 
@@ -30,6 +30,7 @@ class Check:
 def run_checks(settings: Settings, *, public_url: str | None = None) -> list[Check]:
     proxy_url = f"http://{proxy_address(settings)}"
     return [
+        _config_file(),
         _proxy_port(settings, proxy_url),
         _upstream(settings),
         _chain(proxy_url),
@@ -38,6 +39,14 @@ def run_checks(settings: Settings, *, public_url: str | None = None) -> list[Che
         _buffering(public_url or proxy_url),
         _autostart(),
     ]
+
+
+def _config_file() -> Check:
+    # Settings were read already, so a file that is there is a valid one.
+    path = find_config_file()
+    if path is None:
+        return Check("configuration", OK, "environment and defaults (no configuration file)")
+    return Check("configuration", OK, str(path))
 
 
 def _proxy_port(settings: Settings, proxy_url: str) -> Check:
@@ -144,17 +153,25 @@ def _buffering(url: str) -> Check:
 def _autostart() -> Check:
     name = "ollama auto-start"
     if sys.platform == "win32":
-        startup = (
-            Path(os.environ.get("APPDATA", "")) / "Microsoft/Windows/Start Menu/Programs/Startup"
-        )
-        if (startup / "Ollama.lnk").exists():
+        from app.winsvc import ollama_conflicts
+        from app.winsvc.manage import real_windows
+        from app.winsvc.sc import DEFAULT_NAME
+
+        win = real_windows()
+        found = [
+            entry
+            for entry in (ollama_conflicts.find(win, own_service=DEFAULT_NAME) if win else [])
+            if entry["kind"] != "process"
+        ]
+        if found:
             return Check(
                 name,
                 WARN,
-                "Ollama starts at login and takes 11434",
-                "remove Ollama.lnk from shell:startup",
+                "Ollama starts on its own and takes 11434: "
+                + "; ".join(ollama_conflicts.describe(entry) for entry in found),
+                "ollama-metrics service install stops and disables it (uninstall restores it)",
             )
-        return Check(name, OK, "no Ollama in the Startup folder")
+        return Check(name, OK, "Ollama does not start on its own")
     if sys.platform == "darwin":
         if Path("/Applications/Ollama.app").exists():
             return Check(

@@ -67,6 +67,7 @@ class ProxyApp:
                 upstream_host=upstream_address(settings.ollama_upstream),
                 log_path=settings.ollama_log or settings.analytics_dir / "ollama.log",
                 on_restart=restarts.inc,
+                extra_env=settings.ollama_env,
             )
         self.categoriser = (
             Categoriser.from_file(settings.prompt_category_rules)

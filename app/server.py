@@ -38,8 +38,19 @@ def uvicorn_config(settings: Settings, *, ollama_binary: str | None = None) -> u
     )
 
 
-def run_proxy(settings: Settings, *, ollama_binary: str | None = None) -> int:
-    """Run the proxy (and, for `serve`, Ollama under it) until SIGTERM/Ctrl-C."""
+class StartError(Exception):
+    """The proxy cannot start; the message says why and what to do, ``code`` is the exit
+    status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def prepare_server(settings: Settings, *, ollama_binary: str | None = None) -> uvicorn.Server:
+    """A uvicorn server for the proxy (and, for `serve`, Ollama under it), not yet running.
+
+    Raises StartError when a port it needs is taken or the configuration is unusable."""
     ports = [(settings.proxy_host, settings.proxy_port)]
     if ollama_binary is not None:
         parts = urlsplit(settings.ollama_upstream)
@@ -47,15 +58,17 @@ def run_proxy(settings: Settings, *, ollama_binary: str | None = None) -> int:
     for host, port in ports:
         owner = describe_port_owner(host, port)
         if owner is not None:
-            log.error("%s", owner)
-            return 1
+            raise StartError(owner, 1)
     try:
         config = uvicorn_config(settings, ollama_binary=ollama_binary)
     except ValueError as exc:
         # A bad rules file and the like: the message names the file and what is wrong.
-        log.error("%s", exc)
-        return 2
-    server = uvicorn.Server(config)
+        raise StartError(str(exc), 2) from exc
+    return uvicorn.Server(config)
+
+
+def serve_until_stopped(server: uvicorn.Server, settings: Settings) -> int:
+    """Run until SIGTERM/Ctrl-C (or ``server.should_exit``); 0 if it started and stopped."""
     log.info(
         "ollama-metrics proxy listening on http://%s:%s -> %s",
         settings.proxy_host,
@@ -70,3 +83,13 @@ def run_proxy(settings: Settings, *, ollama_binary: str | None = None) -> int:
             return 1
         raise
     return 0 if server.started else 1
+
+
+def run_proxy(settings: Settings, *, ollama_binary: str | None = None) -> int:
+    """Run the proxy (and, for `serve`, Ollama under it) until SIGTERM/Ctrl-C."""
+    try:
+        server = prepare_server(settings, ollama_binary=ollama_binary)
+    except StartError as exc:
+        log.error("%s", exc)
+        return exc.code
+    return serve_until_stopped(server, settings)

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -28,8 +28,15 @@ log = logging.getLogger(__name__)
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY")
 
 
-def child_environment(upstream_host: str, base: dict[str, str] | None = None) -> dict[str, str]:
+def child_environment(
+    upstream_host: str,
+    base: Mapping[str, str] | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Ollama's environment: ours (or ``base``), plus ``extra`` (the OLLAMA_ENV setting),
+    with OLLAMA_HOST forced to the upstream address and no HTTP proxy."""
     env = dict(os.environ if base is None else base)
+    env.update(extra or {})
     env["OLLAMA_HOST"] = upstream_host
     for name in _PROXY_VARIABLES:
         env.pop(name, None)
@@ -49,6 +56,7 @@ class OllamaSupervisor:
         upstream_host: str,
         log_path: Path,
         on_restart: Callable[[], None] | None = None,
+        extra_env: Mapping[str, str] | None = None,
         max_backoff: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -56,6 +64,7 @@ class OllamaSupervisor:
         self.upstream_host = upstream_host  # host:port
         self.log_path = log_path
         self.on_restart = on_restart
+        self.extra_env = dict(extra_env or {})
         self.max_backoff = max_backoff
         self.stop_timeout = stop_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -81,7 +90,7 @@ class OllamaSupervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                env=child_environment(self.upstream_host),
+                env=child_environment(self.upstream_host, extra=self.extra_env),
                 **kwargs,
             )
         log.info("started ollama serve (pid %d) on %s", process.pid, self.upstream_host)
