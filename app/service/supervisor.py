@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from app.service.jobobject import KillOnCloseJob
+
 log = logging.getLogger(__name__)
 
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY")
@@ -65,6 +67,7 @@ class OllamaSupervisor:
         self.log_path = log_path
         self.on_restart = on_restart
         self.extra_env = dict(extra_env or {})
+        self.job = KillOnCloseJob()
         self.max_backoff = max_backoff
         self.stop_timeout = stop_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -93,6 +96,9 @@ class OllamaSupervisor:
                 env=child_environment(self.upstream_host, extra=self.extra_env),
                 **kwargs,
             )
+        if sys.platform == "win32":
+            self.job.close()
+            self.job.assign(int(process._handle))
         log.info("started ollama serve (pid %d) on %s", process.pid, self.upstream_host)
         self.spawned_at = time.monotonic()
         return process  # type: ignore[no-any-return]
@@ -170,6 +176,8 @@ class OllamaSupervisor:
                 process.kill()
                 await asyncio.to_thread(process.wait)
             log.info("stopped ollama serve (pid %d)", process.pid)
+        # On Windows: ends whatever Ollama started (model runners) with it.
+        self.job.close()
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)

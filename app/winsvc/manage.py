@@ -23,7 +23,7 @@ from app.config import CONFIG_NAME, program_data_home
 from app.service.binary import find_ollama
 from app.winsvc import ollama_conflicts, sc
 from app.winsvc.runner import LOG_NAME
-from app.winsvc.system import Windows
+from app.winsvc.system import Windows, service_state, wait_for_state
 
 DEFAULT_EXE = r"C:\Program Files\Ollama Metrics\ollama-metrics.exe"
 PROXY_PORT = 11434
@@ -90,11 +90,6 @@ def _need(win: Windows | None, *, admin: bool = True) -> Windows:
     return win
 
 
-def state(win: Windows, name: str) -> str | None:
-    """RUNNING, STOPPED, …; None if there is no such service."""
-    return sc.parse_state(win.run(sc.query(name).line).output)
-
-
 def _check(win: Windows, command: sc.Command) -> None:
     result = win.run(command.line)
     if result.returncode != 0:
@@ -104,14 +99,9 @@ def _check(win: Windows, command: sc.Command) -> None:
 
 
 def _wait_for(win: Windows, options: Options, wanted: str, *, failed: str | None) -> str | None:
-    deadline = time.monotonic() + options.wait_seconds
-    current = state(win, options.name)
-    while current != wanted and time.monotonic() < deadline:
-        if failed is not None and current == failed:
-            break
-        options.sleep(0.5)
-        current = state(win, options.name)
-    return current
+    return wait_for_state(
+        win, options.name, wanted, failed=failed, within=options.wait_seconds, sleep=options.sleep
+    )
 
 
 def _toml_string(value: str) -> str:
@@ -164,7 +154,7 @@ def install(win: Windows | None, options: Options) -> int:
         _print_commands(options, commands)
         return 0
     win = _need(win)
-    if state(win, options.name) is not None:
+    if service_state(win, options.name) is not None:
         raise ServiceError(
             f"the service {options.name} already exists: "
             f"ollama-metrics service uninstall --name {options.name} first"
@@ -194,7 +184,7 @@ def install(win: Windows | None, options: Options) -> int:
         for command in commands:
             _check(win, command)
     except ServiceError:
-        if state(win, options.name) is not None:
+        if service_state(win, options.name) is not None:
             win.run(sc.delete(options.name).line)
         for undone in ollama_conflicts.restore(win, options.home):
             print(f"restored {undone}", file=options.out)
@@ -219,7 +209,7 @@ def uninstall(win: Windows | None, options: Options) -> int:
         _print_commands(options, [sc.stop(options.name), sc.delete(options.name)])
         return 0
     win = _need(win)
-    current = state(win, options.name)
+    current = service_state(win, options.name)
     if current is None:
         restored = ollama_conflicts.restore(win, options.home)
         for undone in restored:
@@ -243,7 +233,7 @@ def start(win: Windows | None, options: Options) -> int:
         _print_commands(options, [sc.start(options.name)])
         return 0
     win = _need(win)
-    current = state(win, options.name)
+    current = service_state(win, options.name)
     if current is None:
         raise ServiceError(f"there is no service named {options.name}: install it first")
     if current != "RUNNING":
@@ -263,7 +253,7 @@ def stop(win: Windows | None, options: Options) -> int:
         _print_commands(options, [sc.stop(options.name)])
         return 0
     win = _need(win)
-    current = state(win, options.name)
+    current = service_state(win, options.name)
     if current is None:
         raise ServiceError(f"there is no service named {options.name}")
     if current != "STOPPED":
@@ -280,7 +270,7 @@ def status(win: Windows | None, options: Options) -> int:
         _print_commands(options, [sc.query(options.name)])
         return 0
     win = _need(win, admin=False)
-    current = state(win, options.name)
+    current = service_state(win, options.name)
     if current is None:
         print(f"{options.name}: not installed", file=options.out)
         return STATUS_MISSING

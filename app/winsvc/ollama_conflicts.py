@@ -15,14 +15,20 @@ import logging
 import os
 import re
 import shutil
-import time
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from app.winsvc import sc
-from app.winsvc.system import RegValue, Windows, parse_netstat_listeners, parse_tasklist
+from app.winsvc.system import (
+    RegValue,
+    Windows,
+    parse_netstat_listeners,
+    parse_tasklist,
+    service_state,
+    wait_for_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +150,7 @@ def _services(win: Windows, own_service: str) -> list[Entry]:
         delayed = values.get("delayedautostart")
         if start_type == "auto" and delayed is not None and delayed.data == 1:
             start_type = "delayed-auto"
-        state = sc.parse_state(win.run(f"sc.exe query {sc.quote_arg(name)}").output)
+        state = service_state(win, name)
         if start_type == "disabled" and state != "RUNNING":
             continue
         found.append(
@@ -223,7 +229,7 @@ def _undo(win: Windows, entry: Entry) -> None:
     elif kind == "service":
         win.run(sc.configure_start(entry["name"], entry["start_type"]).line)
         if entry["was_running"]:
-            win.run(f"sc.exe start {sc.quote_arg(entry['name'])}")
+            win.run(sc.start(entry["name"]).line)
     elif kind == "process" and entry.get("relaunch"):
         win.launch(entry["relaunch"])
 
@@ -242,23 +248,12 @@ def _apply(win: Windows, entry: Entry, saved: Path) -> None:
     elif kind == "service":
         _check(win, sc.configure_start(entry["name"], "disabled").line)
         if entry["was_running"]:
-            win.run(f"sc.exe stop {sc.quote_arg(entry['name'])}")
-            _wait_stopped(win, entry["name"])
+            win.run(sc.stop(entry["name"]).line)
+            if wait_for_state(win, entry["name"], "STOPPED", within=30) not in ("STOPPED", None):
+                raise OSError(f"the service {entry['name']} did not stop within 30s")
     elif kind == "process":
         # /T: the server's model runners go with it.
         win.run(f"taskkill.exe /F /T /PID {int(entry['pid'])}")
-
-
-def _wait_stopped(win: Windows, name: str, within: float = 30.0) -> None:
-    """Until the service has stopped (and let go of its port)."""
-    deadline = time.monotonic() + within
-    while sc.parse_state(win.run(f"sc.exe query {sc.quote_arg(name)}").output) not in (
-        "STOPPED",
-        None,
-    ):
-        if time.monotonic() > deadline:
-            raise OSError(f"the service {name} did not stop within {within:.0f}s")
-        time.sleep(0.25)
 
 
 def _check(win: Windows, line: str) -> None:

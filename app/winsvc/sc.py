@@ -146,19 +146,19 @@ def on_failure(name: str) -> Command:
 
 
 def start(name: str) -> Command:
-    return Command(_sc("start", check_name(name)), "start the service")
+    return Command(_sc("start", quote_arg(name)), "start the service")
 
 
 def stop(name: str) -> Command:
-    return Command(_sc("stop", check_name(name)), "stop the service")
+    return Command(_sc("stop", quote_arg(name)), "stop the service")
 
 
 def query(name: str) -> Command:
-    return Command(_sc("query", check_name(name)), "show its state")
+    return Command(_sc("query", quote_arg(name)), "show its state")
 
 
 def delete(name: str) -> Command:
-    return Command(_sc("delete", check_name(name)), "remove the service")
+    return Command(_sc("delete", quote_arg(name)), "remove the service")
 
 
 def configure_start(name: str, start_type: str) -> Command:

@@ -11,8 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from app.winsvc import sc
 
 # Registry value types (winreg's constants, the same numbers on every Windows).
 REG_SZ = 1
@@ -86,3 +90,27 @@ def parse_netstat_listeners(output: str, port: int) -> set[int]:
         if remote.endswith(":0"):
             pids.add(int(match.group(3)))
     return pids
+
+
+def service_state(win: Windows, name: str) -> str | None:
+    """RUNNING, STOPPED, …; None if there is no such service."""
+    return sc.parse_state(win.run(sc.query(name).line).output)
+
+
+def wait_for_state(
+    win: Windows,
+    name: str,
+    wanted: str,
+    *,
+    within: float,
+    failed: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str | None:
+    """Poll until the service is ``wanted`` (or ``failed``, or gone, or time is up); the
+    last state seen. ``sc`` returns at once, while the service is still pending."""
+    deadline = time.monotonic() + within
+    current = service_state(win, name)
+    while current not in (wanted, failed, None) and time.monotonic() < deadline:
+        sleep(0.25)
+        current = service_state(win, name)
+    return current
