@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from app import __version__
+from tests.conftest import PostgresDatabases
 from tests.emulator import EmulatorServer
 from tests.support import ROOT, ProxyProcess, free_port, wait_until_listening
 
@@ -144,6 +146,23 @@ def test_db_commands_migrate_the_sqlite_store(tmp_path: Path) -> None:
     assert (tmp_path / "analytics.db").exists()
     downgraded = run("db", "downgrade", "base", env=env)
     assert "at base" in downgraded.stdout
+
+
+def test_db_upgrade_with_percent_signs_in_the_url(
+    tmp_path: Path, postgres: PostgresDatabases
+) -> None:
+    # Alembic's configparser reads "%" as interpolation: a folder with "%" (or a Windows
+    # path, which SQLAlchemy writes as C%3A%5C...) and a password with "@" must still work.
+    folder = tmp_path / "100% data"
+    folder.mkdir()
+    upgraded = run("db", "upgrade", env={**os.environ, "ANALYTICS_DIR": str(folder)})
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "at 0001 (newest: 0001)" in upgraded.stdout
+    url = make_url(postgres.create()).set(password="p@ss%w0rd")  # trust auth ignores it
+    env = {**os.environ, "ANALYTICS_DATABASE_URL": url.render_as_string(hide_password=False)}
+    upgraded = run("db", "upgrade", env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "p@ss" not in upgraded.stdout + upgraded.stderr
 
 
 def test_db_command_on_an_unreachable_database_is_a_clear_error() -> None:

@@ -14,8 +14,12 @@ from sqlalchemy import Engine
 
 def alembic_config(engine: Engine) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(resources.files("migrations")))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # Alembic keeps its options in a configparser, where "%" starts an interpolation: a
+    # Windows path in a SQLite URL (C%3A%5C...) or a password with "@" (%40) would break it.
+    location = str(resources.files("migrations"))
+    config.set_main_option("script_location", location.replace("%", "%%"))
+    url = engine.url.render_as_string(hide_password=False)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 

@@ -228,40 +228,42 @@ def uninstall(win: Windows | None, options: Options) -> int:
     return 0
 
 
-def start(win: Windows | None, options: Options) -> int:
+def _drive(win: Windows | None, options: Options, command: sc.Command, wanted: str) -> str:
+    """Send start or stop unless the service is there already, then wait for ``wanted``;
+    the state it ended in."""
     if options.dry_run:
-        _print_commands(options, [sc.start(options.name)])
-        return 0
+        _print_commands(options, [command])
+        return wanted
     win = _need(win)
     current = service_state(win, options.name)
     if current is None:
         raise ServiceError(f"there is no service named {options.name}: install it first")
-    if current != "RUNNING":
-        _check(win, sc.start(options.name))
-        current = _wait_for(win, options, "RUNNING", failed="STOPPED")
+    if current != wanted:
+        _check(win, command)
+        # A service that fails to start ends up STOPPED: no use waiting longer then.
+        failed = "STOPPED" if wanted == "RUNNING" else None
+        current = _wait_for(win, options, wanted, failed=failed) or "gone"
+    return current
+
+
+def start(win: Windows | None, options: Options) -> int:
+    current = _drive(win, options, sc.start(options.name), "RUNNING")
     if current != "RUNNING":
         raise ServiceError(
             f"the service {options.name} did not start ({current}); "
             f"see {options.home / 'logs' / LOG_NAME}"
         )
-    print(f"{options.name} is running", file=options.out)
+    if not options.dry_run:
+        print(f"{options.name} is running", file=options.out)
     return 0
 
 
 def stop(win: Windows | None, options: Options) -> int:
-    if options.dry_run:
-        _print_commands(options, [sc.stop(options.name)])
-        return 0
-    win = _need(win)
-    current = service_state(win, options.name)
-    if current is None:
-        raise ServiceError(f"there is no service named {options.name}")
-    if current != "STOPPED":
-        _check(win, sc.stop(options.name))
-        current = _wait_for(win, options, "STOPPED", failed=None)
+    current = _drive(win, options, sc.stop(options.name), "STOPPED")
     if current != "STOPPED":
         raise ServiceError(f"the service {options.name} did not stop ({current})")
-    print(f"{options.name} is stopped", file=options.out)
+    if not options.dry_run:
+        print(f"{options.name} is stopped", file=options.out)
     return 0
 
 
