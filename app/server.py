@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
+from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import Settings
 from app.main import create_app
@@ -15,15 +18,69 @@ from app.service.ports import describe_port_owner
 log = logging.getLogger(__name__)
 
 
+class _HeadHoldingTransport:
+    """The client connection's transport, except that a response head waits for its body.
+
+    uvicorn writes the head of a response when the app sends ``http.response.start`` and the
+    body on ``http.response.body``: two writes, two syscalls and two TCP segments for every
+    small JSON answer, which the forwarder sends back to back. Here the head is held until
+    the next write (which takes it along) or the end of the event-loop step, whichever is
+    first: one write for a whole small answer, and a stream's head leaves at once.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 1"):
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class ProxyHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol on a ``_HeadHoldingTransport``."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_HeadHoldingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+
 def uvicorn_config(settings: Settings, *, ollama_binary: str | None = None) -> uvicorn.Config:
     return uvicorn.Config(
         create_app(settings, ollama_binary=ollama_binary),
         host=settings.proxy_host,
         port=settings.proxy_port,
-        # httptools + uvloop: the fastest parser and loop uvicorn has (uvloop is absent on
-        # Windows, where "auto" falls back to asyncio).
+        # httptools (under ProxyHttpProtocol) + uvloop: the fastest parser and loop uvicorn
+        # has (uvloop is absent on Windows, where "auto" falls back to asyncio).
         loop="auto",
-        http="httptools",
+        http=ProxyHttpProtocol,
         lifespan="on",
         # Ollama sends neither; the upstream's own Date header is passed through.
         server_header=False,

@@ -109,12 +109,47 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-def summary(label: str, micros: list[float]) -> str:
+def run(
+    *, prompts: int = 5_000, rounds: int = 5, seed: int = 20240601, unfiltered: bool = False
+) -> dict[str, object]:
+    """µs per prompt (fastest of ``rounds`` per prompt): mean, p50, p99 overall and per band,
+    and how many prompts went to each category."""
+    rng = random.Random(seed)
+    texts = [make_prompt(rng) for _ in range(prompts)]
+    categoriser = build(prefilter=not unfiltered)
+    categoriser.categorise("warm up the regex engine and the caches")
+
+    best = [math.inf] * len(texts)
+    clock = time.perf_counter_ns
+    for _ in range(rounds):
+        for index, prompt in enumerate(texts):
+            start = clock()
+            categoriser.categorise(prompt)
+            best[index] = min(best[index], (clock() - start) / 1_000)
+    samples = list(zip((len(prompt) for prompt in texts), best, strict=True))
+    bands = {"all lengths": best}
+    for low, high in LENGTH_BANDS:
+        band = [micros for length, micros in samples if low <= length < high]
+        if band:
+            bands[f"{low}-{high - 1} chars"] = band
+    counts = Counter(categoriser.categorise(prompt) for prompt in texts)
+    return {
+        "mode": "prefilter=False" if unfiltered else "default rules",
+        "prompts": prompts,
+        "rounds": rounds,
+        "us_per_prompt": {label: stats(values) for label, values in bands.items()},
+        "categories": {name: counts[name] for name in categoriser.categories},
+    }
+
+
+def stats(micros: list[float]) -> dict[str, float]:
     ordered = sorted(micros)
-    return (
-        f"{label:<22} n={len(ordered):>6}  mean={statistics.fmean(ordered):9.2f}  "
-        f"p50={percentile(ordered, 0.50):9.2f}  p99={percentile(ordered, 0.99):9.2f}"
-    )
+    return {
+        "n": len(ordered),
+        "mean": statistics.fmean(ordered),
+        "p50": percentile(ordered, 0.50),
+        "p99": percentile(ordered, 0.99),
+    }
 
 
 def main() -> None:
@@ -125,32 +160,21 @@ def main() -> None:
     parser.add_argument("--unfiltered", action="store_true", help="time prefilter=False")
     args = parser.parse_args()
 
-    rng = random.Random(args.seed)
-    prompts = [make_prompt(rng) for _ in range(args.prompts)]
-    categoriser = build(prefilter=not args.unfiltered)
-    categoriser.categorise("warm up the regex engine and the caches")
-
-    best = [math.inf] * len(prompts)
-    clock = time.perf_counter_ns
-    for _ in range(args.rounds):
-        for index, prompt in enumerate(prompts):
-            start = clock()
-            categoriser.categorise(prompt)
-            best[index] = min(best[index], (clock() - start) / 1_000)
-    samples = list(zip((len(prompt) for prompt in prompts), best, strict=True))
-
-    mode = "prefilter=False" if args.unfiltered else "default rules"
-    print(
-        f"categorise() ({mode}): microseconds per prompt, fastest of {args.rounds} rounds, "
-        f"{args.prompts} prompts of 10 chars to 100 KB"
+    found = run(
+        prompts=args.prompts, rounds=args.rounds, seed=args.seed, unfiltered=args.unfiltered
     )
-    print(summary("all lengths", best))
-    for low, high in LENGTH_BANDS:
-        band = [micros for length, micros in samples if low <= length < high]
-        if band:
-            print(summary(f"{low}-{high - 1} chars", band))
-    counts = Counter(categoriser.categorise(prompt) for prompt in prompts)
-    print("categories:", ", ".join(f"{name}={counts[name]}" for name in categoriser.categories))
+    print(
+        f"categorise() ({found['mode']}): microseconds per prompt, fastest of {args.rounds} "
+        f"rounds, {args.prompts} prompts of 10 chars to 100 KB"
+    )
+    bands: dict[str, dict[str, float]] = found["us_per_prompt"]  # type: ignore[assignment]
+    for label, values in bands.items():
+        print(
+            f"{label:<22} n={int(values['n']):>6}  mean={values['mean']:9.2f}  "
+            f"p50={values['p50']:9.2f}  p99={values['p99']:9.2f}"
+        )
+    counts: dict[str, int] = found["categories"]  # type: ignore[assignment]
+    print("categories:", ", ".join(f"{name}={count}" for name, count in counts.items()))
 
 
 if __name__ == "__main__":

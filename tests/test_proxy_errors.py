@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 
-import aiohttp
 import pytest
 
 from app.proxy.errors import classify, error_body, stream_error_event
@@ -54,7 +55,22 @@ def test_other_bodies_have_no_stream_error_event() -> None:
 
 
 def test_classify_gives_fixed_reasons() -> None:
-    assert classify(aiohttp.ServerDisconnectedError(), "u").reason == "reset"
-    assert classify(aiohttp.ClientPayloadError("cut"), "u").reason == "reset"
+    assert classify(ConnectionResetError(), "u").reason == "reset"
+    assert classify(BrokenPipeError(), "u").reason == "reset"
     assert classify(TimeoutError(), "u").reason == "timeout"
     assert classify(ValueError("x"), "u").reason == "protocol"
+
+
+@pytest.mark.parametrize(
+    ("exc", "why"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)"), "connection refused"),
+        (socket.gaierror(-2, "Name or service not known"), "Name or service not known"),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), "certificate verify failed"),
+        (OSError("Multiple exceptions: a, b"), "Multiple exceptions: a, b"),
+    ],
+)
+def test_unreachable_ollama_is_a_connect_error_that_says_why(exc: OSError, why: str) -> None:
+    error = classify(exc, "http://h:1")
+    assert error.reason == "connect"
+    assert error.message == f"cannot connect to Ollama at http://h:1 ({why}): is it running?"

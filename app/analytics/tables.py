@@ -1,4 +1,12 @@
-"""The ``requests`` table every SQL store shares. ``migrations/`` creates and evolves it.
+"""The tables every SQL store shares. ``migrations/`` creates and evolves them.
+
+``requests`` holds one row per request. The ``requests_hourly*`` rollups hold, per UTC hour,
+what ``/analytics/stats`` needs (see ``app.analytics.rollups``); the store updates them in
+the same transaction as the rows they summarise.
+
+The record id is a ULID made from the record's timestamp (same millisecond), so ordering by
+id is ordering by time: the per-filter indexes are ``(column, id)``, which serve the filter,
+a time window (turned into an id range) and the newest-first order at once.
 
 Full-text search lives outside this model because it differs per database and Alembic's
 autogenerate cannot compare it: an FTS5 table ``requests_fts`` on SQLite, a generated
@@ -59,10 +67,50 @@ requests = Table(
     Column("request_bytes", BigInteger, nullable=False),
     Column("response_bytes", BigInteger, nullable=False),
     Index("ix_requests_timestamp", "timestamp"),
-    Index("ix_requests_model_timestamp", "model", "timestamp"),
-    Index("ix_requests_endpoint_timestamp", "endpoint", "timestamp"),
-    Index("ix_requests_category_timestamp", "category", "timestamp"),
-    Index("ix_requests_status_timestamp", "status", "timestamp"),
+    Index("ix_requests_model_id", "model", "id"),
+    Index("ix_requests_endpoint_id", "endpoint", "id"),
+    Index("ix_requests_category_id", "category", "id"),
+    Index("ix_requests_status_id", "status", "id"),
+)
+
+# Per hour (Unix seconds, a multiple of 3600) and model, category and endpoint: the sums
+# behind every total, average and breakdown of the stats. "_n" columns count the rows whose
+# value was present (the averages skip NULLs, as SQL's AVG does).
+hourly = Table(
+    "requests_hourly",
+    metadata,
+    Column("hour", BigInteger, primary_key=True),
+    Column("model", String(255), primary_key=True),
+    Column("category", String(32), primary_key=True),
+    Column("endpoint", String(64), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("cancelled", BigInteger, nullable=False),
+    Column("duration_sum", Double, nullable=False),
+    Column("prompt_tokens_sum", BigInteger, nullable=False),
+    Column("prompt_tokens_n", BigInteger, nullable=False),
+    Column("completion_tokens_sum", BigInteger, nullable=False),
+    Column("completion_tokens_n", BigInteger, nullable=False),
+    Column("tokens_per_second_sum", Double, nullable=False),
+    Column("tokens_per_second_n", BigInteger, nullable=False),
+)
+
+hourly_clients = Table(
+    "requests_hourly_clients",
+    metadata,
+    Column("hour", BigInteger, primary_key=True),
+    Column("client", String(64), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+)
+
+# Histograms of duration_s and ttft_s ("metric"), in log-spaced buckets (rollups.bucket).
+hourly_latency = Table(
+    "requests_hourly_latency",
+    metadata,
+    Column("hour", BigInteger, primary_key=True),
+    Column("metric", String(8), primary_key=True),
+    Column("bucket", Integer, primary_key=True),
+    Column("count", BigInteger, nullable=False),
 )
 
 # Names the migrations create by hand, per dialect; `alembic check` must not see them.

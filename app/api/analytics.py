@@ -174,7 +174,17 @@ def create_analytics_router(
             raise HTTPException(404, detail=f"no record {record_id}")
         return Record(**_present(row))
 
-    @router.get("/stats", summary="Totals, rates, percentiles and breakdowns")
+    @router.get(
+        "/stats",
+        summary="Totals, rates, percentiles and breakdowns",
+        description=(
+            "Counts, error counts, token sums and averages are exact. The p50/p95 of "
+            "latency and time to first token are approximate: read from histograms with "
+            "5 % wide log-spaced buckets, each within ±2.5 % of the exact nearest-rank "
+            "value (the same bucket). Whole hours come from hourly rollups, so a week "
+            "costs about what a day does."
+        ),
+    )
     def stats(db: Store, hours: float = Query(24, gt=0, le=24 * 366)) -> dict[str, Any]:
         since = datetime.now(UTC).timestamp() - hours * 3600
         return {"hours": hours, "since": since, **db.stats(since)}

@@ -7,6 +7,8 @@ documented in ``docs/metrics.md``.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -42,6 +44,28 @@ GENAI_TTFT_BUCKETS = (
 GENAI_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
 GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """A metric's labelled children, looked up by their label values.
+
+    ``labels()`` validates the values and takes a lock on every call, ten times a request; a
+    dict lookup does not. Every label value is bounded, so this cache is too.
+    """
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._cache: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
 
 
 class Instruments:
@@ -155,6 +179,21 @@ class Instruments:
             GENAI_LABELS,
             GENAI_TPOT_BUCKETS,
         )
+        # The same children, without labels()' cost per call (see Children).
+        self._duration = Children(self.duration)
+        self._eval_duration = Children(self.eval_duration)
+        self._genai_duration = Children(self.genai_duration)
+        self._genai_tokens = Children(self.genai_tokens)
+        self._genai_tpot = Children(self.genai_tpot)
+        self._genai_ttft = Children(self.genai_ttft)
+        self._in_flight_gauge = Children(self.in_flight)
+        self._load_duration = Children(self.load_duration)
+        self._prompt_eval_duration = Children(self.prompt_eval_duration)
+        self._requests = Children(self.requests)
+        self._tokens = Children(self.tokens)
+        self._tokens_per_second = Children(self.tokens_per_second)
+        self._ttft = Children(self.ttft)
+        self._upstream_errors = Children(self.upstream_errors)
 
     # -- the sink interface of app.exchange ------------------------------------------------
 
@@ -162,37 +201,37 @@ class Instruments:
         # Not admitted yet: a name is only trusted once Ollama answered it without error.
         labels = (endpoint, self.model_label(model, admit=False))
         self._in_flight[request_id] = labels
-        self.in_flight.labels(*labels).inc()
+        self._in_flight_gauge(*labels).inc()
 
     def finished(self, record: ExchangeRecord) -> None:
         labels = self._in_flight.pop(record.id, None)
         if labels is not None:
-            self.in_flight.labels(*labels).dec()
+            self._in_flight_gauge(*labels).dec()
         model = self.model_label(record.model, admit=record.status < 400)
         endpoint = record.endpoint
         exemplar = {"request_id": record.id}
-        self.requests.labels(endpoint, model, str(record.status), record.category).inc()
-        self.duration.labels(endpoint, model).observe(record.duration_s, exemplar)
+        self._requests(endpoint, model, str(record.status), record.category).inc()
+        self._duration(endpoint, model).observe(record.duration_s, exemplar)
         if record.ttft_s is not None:
-            self.ttft.labels(endpoint, model).observe(record.ttft_s, exemplar)
+            self._ttft(endpoint, model).observe(record.ttft_s, exemplar)
         if record.upstream_error is not None:
-            self.upstream_errors.labels(record.upstream_error).inc()
+            self._upstream_errors(record.upstream_error).inc()
         self.upstream_up.set(0 if record.upstream_error == "connect" else 1)
 
         if record.prompt_tokens:
-            self.tokens.labels(model, "prompt", record.category).inc(record.prompt_tokens)
+            self._tokens(model, "prompt", record.category).inc(record.prompt_tokens)
         if record.completion_tokens:
-            self.tokens.labels(model, "completion", record.category).inc(record.completion_tokens)
+            self._tokens(model, "completion", record.category).inc(record.completion_tokens)
         if record.ollama_load_s is not None:
-            self.load_duration.labels(model).observe(record.ollama_load_s)
+            self._load_duration(model).observe(record.ollama_load_s)
         if record.ollama_prompt_eval_s is not None:
-            self.prompt_eval_duration.labels(model).observe(record.ollama_prompt_eval_s)
+            self._prompt_eval_duration(model).observe(record.ollama_prompt_eval_s)
         if record.ollama_eval_s is not None:
-            self.eval_duration.labels(model).observe(record.ollama_eval_s)
+            self._eval_duration(model).observe(record.ollama_eval_s)
         if (rate := record.prompt_tokens_per_second) is not None:
-            self.tokens_per_second.labels(model, "prompt").observe(rate)
+            self._tokens_per_second(model, "prompt").observe(rate)
         if (rate := record.tokens_per_second) is not None:
-            self.tokens_per_second.labels(model, "generation").observe(rate)
+            self._tokens_per_second(model, "generation").observe(rate)
         self._genai(record, model, exemplar)
 
     def _genai(self, record: ExchangeRecord, model: str, exemplar: dict[str, str]) -> None:
@@ -202,18 +241,18 @@ class Instruments:
         labels = (operation, "ollama", model)
         failed = record.status >= 400 or record.upstream_error is not None or record.cancelled
         error_type = _error_type(record) if failed else ""
-        self.genai_duration.labels(*labels, error_type).observe(record.duration_s, exemplar)
+        self._genai_duration(*labels, error_type).observe(record.duration_s, exemplar)
         if record.prompt_tokens:
-            self.genai_tokens.labels(*labels, "input").observe(record.prompt_tokens)
+            self._genai_tokens(*labels, "input").observe(record.prompt_tokens)
         if record.completion_tokens:
-            self.genai_tokens.labels(*labels, "output").observe(record.completion_tokens)
+            self._genai_tokens(*labels, "output").observe(record.completion_tokens)
         if failed:
             return
         if record.ttft_s is not None:
-            self.genai_ttft.labels(*labels).observe(record.ttft_s, exemplar)
+            self._genai_ttft(*labels).observe(record.ttft_s, exemplar)
         per_token = _time_per_output_token(record)
         if per_token is not None:
-            self.genai_tpot.labels(*labels).observe(per_token)
+            self._genai_tpot(*labels).observe(per_token)
 
 
 def _error_type(record: ExchangeRecord) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
-
-import aiohttp
+import socket
+import ssl
 
 
 class UpstreamError(Exception):
@@ -24,23 +23,23 @@ class UpstreamError(Exception):
 
 
 def classify(exc: BaseException, upstream: str) -> UpstreamError:
-    """Map an aiohttp/OS exception to an ``UpstreamError`` (the only place that knows them)."""
+    """Map an OS or connection exception to an ``UpstreamError`` (the only place that knows
+    them; the upstream client raises ``UpstreamError`` itself for what it detects)."""
     if isinstance(exc, UpstreamError):
         return exc
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        code = exc.os_error.errno
-        why = os.strerror(code).lower() if code else str(exc.os_error)
+    if isinstance(exc, TimeoutError):
+        return UpstreamError("timeout", f"timed out connecting to Ollama at {upstream}")
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        return UpstreamError("reset", f"Ollama at {upstream} closed the connection")
+    if isinstance(exc, OSError):
+        # Refused, unreachable, unknown host, TLS failures: Ollama cannot be reached.
+        if isinstance(exc, socket.gaierror | ssl.SSLError) or not exc.errno:
+            why = str(exc.strerror or exc)
+        else:
+            why = os.strerror(exc.errno).lower()
         return UpstreamError(
             "connect", f"cannot connect to Ollama at {upstream} ({why}): is it running?"
         )
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamError("timeout", f"timed out connecting to Ollama at {upstream}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
-        return UpstreamError("reset", f"Ollama at {upstream} closed the connection")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return UpstreamError("reset", f"Ollama at {upstream} broke off the response unfinished")
-    if isinstance(exc, aiohttp.ClientOSError):
-        return UpstreamError("reset", f"connection to Ollama at {upstream} failed: {exc}")
     return UpstreamError("protocol", f"invalid response from Ollama at {upstream}: {exc}")
 
 

@@ -34,9 +34,9 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
 
 
 def upstream_request_headers(
-    raw: Iterable[tuple[bytes, bytes]], upstream_host: str, authorization: str | None = None
-) -> list[tuple[str, str]]:
-    """The client's request headers as they go to Ollama.
+    raw: Iterable[tuple[bytes, bytes]], upstream_host: bytes, authorization: bytes | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The client's request headers as they go to Ollama (names lower-case, as ASGI has them).
 
     ``Host`` is replaced by the upstream's own address: Ollama bound to loopback refuses
     foreign Host values with 403 (DNS-rebinding protection). When the upstream URL carries
@@ -44,17 +44,52 @@ def upstream_request_headers(
     """
     raw = list(raw)
     extra = _connection_tokens(raw)
-    out = [("Host", upstream_host)]
+    out = [(b"Host", upstream_host)]
     if authorization is not None:
-        out.append(("Authorization", authorization))
+        out.append((b"Authorization", authorization))
     for name, value in raw:
-        lname = name.lower()
-        if lname == b"host" or lname in HOP_BY_HOP or lname in extra:
+        if name == b"host" or name in HOP_BY_HOP or name in extra:
             continue
-        if authorization is not None and lname == b"authorization":
+        if authorization is not None and name == b"authorization":
             continue
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
+        out.append((name, value))
     return out
+
+
+# Methods that carry no body by convention: no ``Content-Length: 0`` is added for them.
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def request_head(
+    method: str,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    body_length: int | None,
+) -> tuple[bytes, bool]:
+    """The request line and headers in wire form, and whether the body goes chunked.
+
+    ``body_length`` is the length of a body sent whole (it replaces the client's
+    ``Content-Length`` if that differs: a rewritten body), or None for a body streamed as it
+    arrives, which keeps the client's length or, without one, is sent chunked.
+    """
+    lines = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
+    length: bytes | None = None
+    for name, value in headers:
+        if name == b"content-length":
+            if body_length is not None and value != str(body_length).encode():
+                continue
+            length = value
+        lines += (name, b": ", value, b"\r\n")
+    chunked = False
+    if length is None:
+        if body_length is None:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+            chunked = True
+        elif body_length or method not in _BODILESS:
+            lines += (b"Content-Length: ", str(body_length).encode(), b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines), chunked
 
 
 def client_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -12,11 +12,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import aiohttp
-from yarl import URL
-
-from app.proxy.errors import UpstreamError, classify, error_body, stream_error_event
-from app.proxy.headers import client_response_headers, upstream_request_headers
+from app.proxy.connection import Response
+from app.proxy.errors import UpstreamError, error_body, stream_error_event
+from app.proxy.headers import client_response_headers, request_head
 from app.proxy.upstream import Upstream
 from app.types import Receive, Scope, Send
 
@@ -146,109 +144,115 @@ class Forwarder:
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, tap: Tap, exchange: _Exchange
-    ) -> int:
-        url = self.upstream.url_for(
+    ) -> None:
+        upstream = self.upstream
+        target = upstream.target(
             scope.get("raw_path") or scope["path"].encode(), scope["query_string"]
         )
-        headers = upstream_request_headers(
-            scope["headers"], self.upstream.host_header, self.upstream.authorization
-        )
+        headers = upstream.headers(scope["headers"])
         first = await receive()
         if first["type"] == "http.disconnect":
             exchange.client_gone = True
-            return 0
+            return
         body: bytes = first.get("body", b"")
         more: bool = first.get("more_body", False)
         if more and tap.inspect_request:
             body, more = await _read_for_inspection(body, receive, exchange)
-        data: bytes | AsyncIterator[bytes] | None
+        method: str = scope["method"]
         if more:
             # Too large to inspect, or not worth it (blob uploads): stream it as it comes.
             tap.begin(None)
-            data = _stream_body(body, receive, exchange, tap)
+            head, chunked = request_head(method, target, headers, body_length=None)
+            data: bytes | AsyncIterator[bytes] = _stream_body(body, receive, exchange, tap)
         else:
             sent = tap.begin(body) if tap.inspect_request else tap.begin(None)
-            if sent is not None and sent is not body:
-                # Rewritten (usage injection): aiohttp sets the new length.
-                headers = [h for h in headers if h[0].lower() != "content-length"]
-                body = sent
+            if sent is not None:
+                body = sent  # possibly rewritten (usage injection); the length follows it
             tap.request_bytes = tap.request_bytes or len(body)
-            data = body or None
+            head, chunked = request_head(method, target, headers, body_length=len(body))
+            data = body
             exchange.watch(receive)
-        return await self._relay(
-            scope["method"], url, headers, data, scope["path"], send, tap, exchange
-        )
+        await self._relay(method, head, data, chunked, scope["path"], send, tap, exchange)
 
     async def _relay(
         self,
         method: str,
-        url: URL,
-        headers: list[tuple[str, str]],
-        data: bytes | AsyncIterator[bytes] | None,
-        path: str,
-        send: Send,
-        tap: Tap,
-        exchange: _Exchange,
-    ) -> int:
-        try:
-            response = await self.upstream.session.request(
-                method, url, headers=headers, data=data, allow_redirects=False
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            if exchange.client_gone:
-                raise asyncio.CancelledError from exc
-            error = classify(exc, self.upstream.public_url)
-            exchange.error_reason, exchange.error = error.reason, error.message
-            log.warning("%s %s: %s", method, path, error.message)
-            await _send_error(send, path, error)
-            return 502
-        try:
-            await self._relay_response(response, path, send, tap, exchange)
-        finally:
-            if exchange.finished:
-                response.release()
-            else:
-                # Closing the connection is how Ollama learns the client is gone: it cancels
-                # the request context and stops generating.
-                response.close()
-        return response.status
-
-    async def _relay_response(
-        self,
-        response: aiohttp.ClientResponse,
+        head: bytes,
+        data: bytes | AsyncIterator[bytes],
+        chunked: bool,
         path: str,
         send: Send,
         tap: Tap,
         exchange: _Exchange,
     ) -> None:
-        headers = client_response_headers(response.raw_headers)
-        tap.response_start(response.status, headers)
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        length = response.content_length
         try:
-            if length is not None and length <= _SMALL_BODY:
-                body = tap.response_chunk(await response.read()) + tap.response_end()
-                exchange.finished = True
-                await send({"type": "http.response.body", "body": body, "more_body": False})
-                return
-            async for chunk in response.content.iter_any():
-                out = tap.response_chunk(chunk)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-        except (aiohttp.ClientError, OSError) as exc:
-            error = classify(exc, self.upstream.public_url)
+            response = await self.upstream.send(method, head, data, chunked=chunked)
+        except _ClientGone:
+            raise asyncio.CancelledError from None
+        except UpstreamError as error:
+            if exchange.client_gone:
+                raise asyncio.CancelledError from error
+            exchange.error_reason, exchange.error = error.reason, error.message
+            log.warning("%s %s: %s", method, path, error.message)
+            await _send_error(send, path, error)
+            return
+        try:
+            await self._relay_response(response, path, send, tap, exchange)
+        finally:
+            # Kept for reuse only after a complete answer; otherwise closing the connection
+            # is how Ollama learns the client is gone: it stops generating.
+            response.release()
+
+    async def _relay_response(
+        self, response: Response, path: str, send: Send, tap: Tap, exchange: _Exchange
+    ) -> None:
+        status = response.status
+        headers = client_response_headers(response.headers)
+        tap.response_start(status, headers)
+        start = {"type": "http.response.start", "status": status, "headers": headers}
+        started = False
+        try:
+            if not response.complete:
+                length = response.content_length
+                if length is None or length > _SMALL_BODY:
+                    started = True
+                    await send(start)
+                    await self._relay_body(response, send, tap, exchange)
+                    return
+            # A small answer, or one that is already here whole: one write for the body.
+            body = tap.response_chunk(await response.read_all()) + tap.response_end()
+            exchange.finished = True
+            started = True
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+        except UpstreamError as error:
             exchange.error_reason, exchange.error = error.reason, error.message
             log.warning("%s: %s (mid-response)", path, error.message)
             held = tap.response_end()
-            ctype = response.headers.get("Content-Type", "").encode("latin-1")
-            tail = stream_error_event(path, ctype, error.message)
+            tail = stream_error_event(path, response.content_type, error.message)
             exchange.finished = True
+            if not started:
+                await send(start)
             if tail is not None:
                 await send({"type": "http.response.body", "body": held + tail, "more_body": False})
             # Otherwise there is no way to say it in this body: return without completing it,
             # so uvicorn drops the connection and the client sees a truncated response, as it
             # would directly.
-            return
+
+    async def _relay_body(
+        self, response: Response, send: Send, tap: Tap, exchange: _Exchange
+    ) -> None:
+        """A streamed or large body, passed on piece by piece as it arrives."""
+        while chunk := await response.read():
+            out = tap.response_chunk(chunk)
+            if response.drained:
+                # The last piece: the end of the body goes out in the same write.
+                exchange.finished = True
+                out += tap.response_end()
+                await send({"type": "http.response.body", "body": out, "more_body": False})
+                return
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
         exchange.finished = True
         await send({"type": "http.response.body", "body": tap.response_end(), "more_body": False})
 

@@ -1,24 +1,35 @@
-"""The pooled connection to Ollama: one aiohttp session for the life of the app."""
+"""Where Ollama lives, and the keep-alive pool of connections that reach it.
+
+``Upstream.send`` takes a request head already in wire form and its body (bytes, or an
+async iterator for a streamed upload) and returns Ollama's ``Response`` once its head has
+arrived. Connections come from a LIFO pool of idle keep-alive connections, and go back to
+it only after a complete answer that Ollama did not mark ``Connection: close``.
+
+A pooled connection that Ollama closed while it sat idle fails the next request before any
+answer: such a request is sent again, once, on a new connection when that is harmless (an
+idempotent method whose body is still at hand); otherwise the client gets a 502.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
+import ssl
+from collections.abc import AsyncIterator
 from urllib.parse import unquote, urlsplit
 
-import aiohttp
-from yarl import URL
+from app.proxy.connection import Response, UpstreamConnection
+from app.proxy.errors import UpstreamError, classify
+from app.proxy.headers import upstream_request_headers
 
-# Headers aiohttp would invent when the client sent none; the client's request must reach
-# Ollama as the client wrote it.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+# RFC 9110 §9.2.2: methods a server must treat as idempotent, so that a request lost with a
+# stale keep-alive connection may be sent again.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class Upstream:
-    """Where Ollama lives and the keep-alive pool that reaches it.
-
-    The session must be created inside a running event loop, so ``open()`` is called from the
-    app's lifespan and ``close()`` on shutdown.
-    """
+    """The upstream URL's parts and the pool; ``open()`` and ``close()`` run in the lifespan."""
 
     def __init__(self, base_url: str, *, connect_timeout: float, max_connections: int) -> None:
         parts = urlsplit(base_url)
@@ -32,45 +43,162 @@ class Upstream:
             password = unquote(parts.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self.authorization = "Basic " + token
+        self._host_value = self.host_header.encode("latin-1")
+        self._authorization_value = (
+            None if self.authorization is None else self.authorization.encode("latin-1")
+        )
+        self.base_path = parts.path.rstrip("/").encode("latin-1")
+        self.host = parts.hostname or "127.0.0.1"
+        https = parts.scheme == "https"
+        self.port = parts.port or (443 if https else 80)
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if https else None
         self._connect_timeout = connect_timeout
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("Upstream.open() was not called")
-        return self._session
+        self._idle: list[UpstreamConnection] = []
+        self._open: set[UpstreamConnection] = set()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._closing = False
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            limit_per_host=0,
-            keepalive_timeout=60,
-            enable_cleanup_closed=False,
-        )
-        self._session = aiohttp.ClientSession(
-            base_url=None,
-            connector=connector,
-            # No read timeout: a cold model load can take minutes before the first byte.
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=self._connect_timeout, sock_read=None
-            ),
-            auto_decompress=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            raise_for_status=False,
-        )
+        self._closing = False
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._closing = True
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
 
-    def url_for(self, raw_path: bytes, query_string: bytes) -> URL:
-        """The upstream URL for a client's request target, kept exactly as the client sent it."""
-        target = raw_path.decode("latin-1")
+    def headers(self, raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The client's request headers as they go to Ollama (see ``upstream_request_headers``)."""
+        return upstream_request_headers(raw, self._host_value, self._authorization_value)
+
+    def target(self, raw_path: bytes, query_string: bytes) -> bytes:
+        """The request target upstream: the client's, exactly as sent, under the base path."""
         if query_string:
-            target += "?" + query_string.decode("latin-1")
-        # encoded=True: yarl must not normalise or re-quote what the client sent.
-        return URL(self.public_url + target, encoded=True)
+            return self.base_path + raw_path + b"?" + query_string
+        return self.base_path + raw_path
+
+    async def send(
+        self,
+        method: str,
+        head: bytes,
+        body: bytes | AsyncIterator[bytes],
+        *,
+        chunked: bool = False,
+    ) -> Response:
+        """Send one request; return the answer once its status and headers are in.
+
+        ``head`` is the request line and headers; ``body`` the whole body (sent in the same
+        write as the head) or an iterator of its pieces, framed as chunks if ``chunked``.
+        """
+        head_only = method == "HEAD"
+        replayable = isinstance(body, bytes) and method in IDEMPOTENT
+        while True:
+            conn = await self._acquire()
+            response: Response | None = None
+            try:
+                if isinstance(body, bytes):
+                    response = conn.begin(head, body, head_only=head_only)
+                else:
+                    response = conn.begin(head, b"", head_only=head_only)
+                    await _send_stream(conn, body, chunked=chunked)
+                await response.head()
+            except UpstreamError:
+                conn.close()
+                # A connection that served before and failed before any answer: most likely
+                # Ollama closed it while it sat idle, and the request never reached it.
+                stale = conn.reused and (response is None or not response.got_bytes)
+                if stale and replayable:
+                    replayable = False
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            return response
+
+    # -- the pool --------------------------------------------------------------------------
+
+    async def _acquire(self) -> UpstreamConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                while self._max_connections and len(self._open) >= self._max_connections:
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if waiter in self._waiters:
+                            self._waiters.remove(waiter)
+                    while self._idle:
+                        conn = self._idle.pop()
+                        if not conn.closed:
+                            return conn
+                return await self._connect()
+        except TimeoutError as exc:
+            raise UpstreamError(
+                "timeout", f"timed out connecting to Ollama at {self.public_url}"
+            ) from exc
+
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        conn = UpstreamConnection(self.public_url, self)
+        self._open.add(conn)
+        try:
+            await loop.create_connection(
+                lambda: conn,
+                self.host,
+                self.port,
+                ssl=self._ssl,
+                server_hostname=self.host if self._ssl is not None else None,
+            )
+        except OSError as exc:
+            self.forget(conn)
+            raise classify(exc, self.public_url) from exc
+        except BaseException:
+            self.forget(conn)
+            raise
+        return conn
+
+    def checkin(self, conn: UpstreamConnection) -> None:
+        """A connection whose exchange ended cleanly: keep it for the next request."""
+        if self._closing:
+            conn.close()
+            return
+        self._idle.append(conn)
+        self._wake_one()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """A connection that closed (either side), or never opened."""
+        self._open.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+async def _send_stream(
+    conn: UpstreamConnection, body: AsyncIterator[bytes], *, chunked: bool
+) -> None:
+    """Pass a streamed request body on as it comes, waiting whenever Ollama's buffer is full."""
+    async for piece in body:
+        if conn.closed:
+            break  # Ollama closed early; its answer (if any) says why
+        if chunked:
+            conn.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+        else:
+            conn.write(piece)
+        await conn.drain()
+    else:
+        if chunked and not conn.closed:
+            conn.write(b"0\r\n\r\n")

@@ -1,0 +1,222 @@
+"""Hourly rollups: what ``/analytics/stats`` needs, kept beside the rows so that the stats
+of a day or a week read a few thousand small rows instead of scanning the records.
+
+Per UTC hour the store keeps (``app.analytics.tables``): counts, error and cancel counts and
+sums of durations, tokens and tokens per second per model × category × endpoint; request
+counts per client; and histograms of ``duration_s`` and ``ttft_s``. The store adds a batch's
+aggregate in the same transaction as its rows, retention rebuilds the hour it cuts into, and
+the migration that made them (0002) built them from the rows already there — one
+``Aggregate`` does all three, so rows and rollups cannot disagree.
+
+Percentiles come from the histograms: bucket ``b`` holds the values in
+``[GROWTH**b, GROWTH**(b+1))`` seconds (5 % wide; values ≤ 0 have their own bucket), and a
+percentile is reported as its bucket's geometric middle, so it is within ±2.5 % of the exact
+nearest-rank value (one bucket: the exact value and the estimate always share it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app.analytics.tables import hourly, hourly_clients, hourly_latency, requests
+
+HOUR = 3600
+GROWTH = 1.05
+_LOG_GROWTH = math.log(GROWTH)
+MIN_BUCKET, MAX_BUCKET = -400, 400  # 1e-8 s .. 3e8 s: everything a request can take
+ZERO_BUCKET = -1000  # values ≤ 0
+METRICS = ("duration", "ttft")
+SUMS = (
+    "requests",
+    "errors",
+    "cancelled",
+    "duration_sum",
+    "prompt_tokens_sum",
+    "prompt_tokens_n",
+    "completion_tokens_sum",
+    "completion_tokens_n",
+    "tokens_per_second_sum",
+    "tokens_per_second_n",
+)
+# The columns of a request an aggregate reads.
+SOURCE = (
+    "timestamp",
+    "model",
+    "category",
+    "endpoint",
+    "client",
+    "status",
+    "upstream_error",
+    "cancelled",
+    "duration_s",
+    "ttft_s",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_per_second",
+)
+
+
+def hour_of(stamp: float) -> int:
+    """The start of ``stamp``'s hour: always ``hour <= stamp < hour + 3600`` exactly, so
+    "rows with timestamp ≥ an hour" and "rollups of hours ≥ it" are the same rows."""
+    hour = int(stamp // HOUR) * HOUR
+    if stamp < hour:
+        hour -= HOUR
+    elif stamp >= hour + HOUR:
+        hour += HOUR
+    return hour
+
+
+def next_hour(stamp: float) -> int:
+    """The first hour start ≥ ``stamp``."""
+    hour = hour_of(stamp)
+    return hour if hour == stamp else hour + HOUR
+
+
+def bucket(value: float) -> int:
+    if value <= 0:
+        return ZERO_BUCKET
+    return min(max(math.floor(math.log(value) / _LOG_GROWTH), MIN_BUCKET), MAX_BUCKET)
+
+
+def bucket_value(index: int) -> float:
+    """What a bucket reports: its geometric middle."""
+    if index == ZERO_BUCKET:
+        return 0.0
+    return float(GROWTH ** (index + 0.5))
+
+
+def failed(row: Mapping[str, Any]) -> bool:
+    return bool(row["status"] >= 400 or row["upstream_error"] is not None)
+
+
+@dataclass
+class Aggregate:
+    """Sums keyed like the rollup tables; adding rows and merging are exact for counts and
+    integer sums (floating sums agree to rounding)."""
+
+    groups: dict[tuple[int, str, str, str], list[Any]] = field(default_factory=dict)
+    clients: dict[tuple[int, str], int] = field(default_factory=dict)
+    latency: dict[tuple[int, str, int], int] = field(default_factory=dict)
+
+    def add(self, rows: Iterable[Mapping[str, Any]]) -> Aggregate:
+        groups, clients, latency = self.groups, self.clients, self.latency
+        for row in rows:
+            hour = hour_of(row["timestamp"])
+            key = (hour, row["model"], row["category"], row["endpoint"])
+            sums = groups.get(key)
+            if sums is None:
+                sums = groups[key] = [0] * len(SUMS)
+            prompt, completion = row["prompt_tokens"], row["completion_tokens"]
+            rate, duration, ttft = row["tokens_per_second"], row["duration_s"], row["ttft_s"]
+            sums[0] += 1
+            sums[1] += failed(row)
+            sums[2] += bool(row["cancelled"])
+            sums[3] += duration
+            if prompt is not None:
+                sums[4] += prompt
+                sums[5] += 1
+            if completion is not None:
+                sums[6] += completion
+                sums[7] += 1
+            if rate is not None:
+                sums[8] += rate
+                sums[9] += 1
+            client = (hour, row["client"])
+            clients[client] = clients.get(client, 0) + 1
+            point = (hour, "duration", bucket(duration))
+            latency[point] = latency.get(point, 0) + 1
+            if ttft is not None:
+                point = (hour, "ttft", bucket(ttft))
+                latency[point] = latency.get(point, 0) + 1
+        return self
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+
+def _upsert(
+    connection: Connection, table: Any, keys: list[str], rows: list[dict[str, Any]]
+) -> None:
+    if not rows:
+        return
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=keys,
+        set_={
+            column.name: table.c[column.name] + statement.excluded[column.name]
+            for column in table.c
+            if column.name not in keys
+        },
+    )
+    # Sorted keys: two transactions adding to the same rollup rows lock them in one order.
+    rows.sort(key=lambda row: tuple(row[key] for key in keys))
+    connection.execute(statement, rows)
+
+
+def apply(connection: Connection, aggregate: Aggregate) -> None:
+    """Add ``aggregate`` to the rollup tables (inside the caller's transaction)."""
+    _upsert(
+        connection,
+        hourly,
+        ["hour", "model", "category", "endpoint"],
+        [
+            {
+                "hour": h,
+                "model": m,
+                "category": c,
+                "endpoint": e,
+                **dict(zip(SUMS, sums, strict=True)),
+            }
+            for (h, m, c, e), sums in aggregate.groups.items()
+        ],
+    )
+    _upsert(
+        connection,
+        hourly_clients,
+        ["hour", "client"],
+        [{"hour": h, "client": c, "requests": n} for (h, c), n in aggregate.clients.items()],
+    )
+    _upsert(
+        connection,
+        hourly_latency,
+        ["hour", "metric", "bucket"],
+        [
+            {"hour": h, "metric": m, "bucket": b, "count": n}
+            for (h, m, b), n in aggregate.latency.items()
+        ],
+    )
+
+
+def rows_between(connection: Connection, start: float | None, end: float | None) -> Aggregate:
+    """The aggregate of the stored rows with ``start <= timestamp < end``, streamed."""
+    conditions = []
+    if start is not None:
+        conditions.append(requests.c.timestamp >= start)
+    if end is not None:
+        conditions.append(requests.c.timestamp < end)
+    statement = select(*(requests.c[name] for name in SOURCE)).where(and_(True, *conditions))
+    aggregate = Aggregate()
+    result = connection.execute(statement.execution_options(yield_per=20_000))
+    for part in result.mappings().partitions():
+        aggregate.add(part)  # type: ignore[arg-type]
+    return aggregate
+
+
+def rebuild(connection: Connection, start: int | None = None, end: int | None = None) -> None:
+    """Recompute the rollups of the hours in ``[start, end)`` (all when None) from the rows."""
+    for table in (hourly, hourly_clients, hourly_latency):
+        conditions = []
+        if start is not None:
+            conditions.append(table.c.hour >= start)
+        if end is not None:
+            conditions.append(table.c.hour < end)
+        connection.execute(delete(table).where(and_(True, *conditions)))
+    apply(connection, rows_between(connection, start, end))

@@ -1,0 +1,195 @@
+"""``/analytics/search``: filters, full text and newest-first pages that stay fast at
+millions of records.
+
+- Time bounds are also applied to the id (a ULID made from the timestamp's millisecond),
+  so the ``(filter, id)`` indexes serve filter, window and order together.
+- PostgreSQL full text: ``search_vector @@ plainto_tsquery('simple', …)``; the planner picks
+  the GIN index for rare words and a newest-first walk for common ones (from its statistics).
+- SQLite full text (FTS5 ``requests_fts``, whose rowid is the row's rowid): a word in few
+  records (counted up to ``RARE_DOCS``) is looked up and the matches sorted; a common word is
+  searched slice by slice backwards in time (a minute, then 4×, 16×, …), each slice's
+  matches found by FTS5 within the slice's rowid range, until the page is full. Either way
+  the page is exactly the newest matches.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    func,
+    literal_column,
+    select,
+    text,
+)
+
+from app.analytics.tables import requests
+
+SUMMARY_COLUMNS = [
+    c for c in requests.c if c.name not in ("request_body", "thinking", "tool_calls")
+]
+_WORD = re.compile(r"\w+", re.UNICODE)
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_MAX_MS = (1 << 48) - 1
+RARE_DOCS = 5_000  # at most this many matching records: look them all up and sort
+FIRST_SLICE_MS = 60_000
+_ROWID: ColumnElement[int] = literal_column("requests.rowid")
+_FTS_ROWIDS = text("SELECT rowid FROM requests_fts WHERE requests_fts MATCH :fts").columns(
+    literal_column("rowid")
+)
+_FTS_RANGE = text(
+    "SELECT rowid FROM requests_fts WHERE requests_fts MATCH :fts "
+    "AND rowid >= :rmin AND rowid <= :rmax"
+).columns(literal_column("rowid"))
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    model: str | None = None
+    endpoint: str | None = None
+    category: str | None = None
+    status: int | None = None
+    prompt_search: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    min_duration: float | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+def ulid_floor(ms: int) -> str:
+    """The smallest ULID of millisecond ``ms``."""
+    value = min(max(ms, 0), _MAX_MS) << 80
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+def ulid_ms(ulid: str) -> int:
+    value = 0
+    for char in ulid[:10]:
+        value = value * 32 + _CROCKFORD.index(char)
+    return value
+
+
+def run(connection: Connection, query: SearchQuery) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first; the cursor is the id of the last record returned."""
+    conditions, low, high = _filters(query)
+    if low is not None and high is not None and low >= high:
+        return [], None
+    want = query.limit + 1
+    words = query.prompt_search
+    if words and connection.dialect.name == "sqlite":
+        terms = _WORD.findall(words)
+        if not terms:
+            return [], None
+        rows = _sqlite_text(connection, terms, conditions, low, high, want)
+    else:
+        if words:
+            conditions.append(
+                text("search_vector @@ plainto_tsquery('simple', :words)").bindparams(words=words)  # type: ignore[arg-type]
+            )
+        rows = _page(connection, [*conditions, *_between(low, high)], want)
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    return rows, rows[-1]["id"] if more and rows else None
+
+
+def _filters(query: SearchQuery) -> tuple[list[ColumnElement[bool]], str | None, str | None]:
+    """Conditions, and the id range [low, high) they imply (None: unbounded)."""
+    c = requests.c
+    conditions: list[ColumnElement[bool]] = []
+    for name in ("model", "endpoint", "category", "status"):
+        value = getattr(query, name)
+        if value is not None:
+            conditions.append(c[name] == value)
+    low = high = None
+    if query.start_time is not None:
+        conditions.append(c.timestamp >= query.start_time)
+        # timestamp ≥ start ⇒ its millisecond ≥ start's (both truncate the same way).
+        low = ulid_floor(int(query.start_time * 1000))
+    if query.end_time is not None:
+        conditions.append(c.timestamp < query.end_time)
+        high = ulid_floor(int(query.end_time * 1000) + 1)
+    if query.cursor:
+        high = query.cursor if high is None else min(high, query.cursor)
+    if query.min_duration is not None:
+        conditions.append(c.duration_s >= query.min_duration)
+    return conditions, low, high
+
+
+def _between(low: str | None, high: str | None) -> list[ColumnElement[bool]]:
+    out = []
+    if low is not None:
+        out.append(requests.c.id >= low)
+    if high is not None:
+        out.append(requests.c.id < high)
+    return out
+
+
+def _page(connection: Connection, conditions: list[Any], want: int) -> list[dict[str, Any]]:
+    statement = (
+        select(*SUMMARY_COLUMNS)
+        .where(and_(True, *conditions))
+        .order_by(requests.c.id.desc())
+        .limit(want)
+    )
+    return [dict(row._mapping) for row in connection.execute(statement)]
+
+
+def _sqlite_text(
+    connection: Connection,
+    terms: list[str],
+    conditions: list[ColumnElement[bool]],
+    low: str | None,
+    high: str | None,
+    want: int,
+) -> list[dict[str, Any]]:
+    # FTS5 has its own query language; quoting each word makes any input a plain AND of
+    # words (no syntax errors, no operators smuggled in).
+    fts = " ".join('"' + term + '"' for term in terms)
+    if _few_matches(connection, fts):
+        matches = _ROWID.in_(_FTS_ROWIDS.bindparams(fts=fts))
+        return _page(connection, [*conditions, *_between(low, high), matches], want)
+    if high is None:
+        newest = connection.execute(select(func.max(requests.c.id))).scalar()
+        if newest is None:
+            return []
+        high = ulid_floor(ulid_ms(newest) + 1)
+    if low is None:
+        low = connection.execute(select(func.min(requests.c.id))).scalar() or high
+    rows: list[dict[str, Any]] = []
+    span = FIRST_SLICE_MS
+    while len(rows) < want and high > low:
+        start = max(ulid_floor(ulid_ms(high) - span), low)
+        rmin, rmax = connection.execute(
+            select(func.min(_ROWID), func.max(_ROWID)).where(
+                requests.c.id >= start, requests.c.id < high
+            )
+        ).one()
+        if rmin is not None:
+            matches = _ROWID.in_(_FTS_RANGE.bindparams(fts=fts, rmin=rmin, rmax=rmax))
+            slice_ = [*conditions, *_between(start, high), matches]
+            rows += _page(connection, slice_, want - len(rows))
+        high = start
+        span *= 4
+    return rows
+
+
+def _few_matches(connection: Connection, fts: str) -> bool:
+    """Whether at most ``RARE_DOCS`` records match: FTS5 walks its doclists in rowid order,
+    so counting stops after ``RARE_DOCS + 1`` whatever the word."""
+    probe = text(
+        "SELECT count(*) FROM (SELECT rowid FROM requests_fts WHERE requests_fts MATCH :fts "
+        "LIMIT :cap)"
+    )
+    return (
+        int(connection.execute(probe, {"fts": fts, "cap": RARE_DOCS + 1}).scalar_one()) <= RARE_DOCS
+    )

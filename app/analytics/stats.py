@@ -1,0 +1,156 @@
+"""``/analytics/stats`` from the hourly rollups plus the raw rows of one partial hour.
+
+A window ``[since, now]`` is split at the first whole hour: hours from there on are read
+from the rollups (the current hour's rollup is as fresh as its rows: they are written
+together), the rows before it — at most one hour's — are aggregated on the fly by the same
+code that builds the rollups. Counts, error counts and token sums are therefore exact,
+averages too (to floating-point rounding); p50/p95 come from the histograms and are within
+one 5 % bucket of the exact value (see ``app.analytics.rollups``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from app.analytics import rollups
+from app.analytics.rollups import SUMS, Aggregate
+from app.analytics.tables import hourly, hourly_clients, hourly_latency
+
+Sums = list[Any]
+
+
+def compute(connection: Connection, since: float) -> dict[str, Any]:
+    boundary = rollups.next_hour(since)
+    edge = rollups.rows_between(connection, since, boundary) if boundary > since else Aggregate()
+    by_model = _sums(connection, hourly.c.model, boundary)
+    by_category = _sums(connection, hourly.c.category, boundary)
+    by_hour = _sums(connection, hourly.c.hour, boundary)
+    for (hour, model, category, _endpoint), sums in edge.groups.items():
+        for table, key in ((by_model, model), (by_category, category), (by_hour, hour)):
+            _add(table.setdefault(key, [0] * len(SUMS)), sums)
+    total: Sums = [0] * len(SUMS)
+    for sums in by_model.values():
+        _add(total, sums)
+    count, errors = int(total[0]), int(total[1])
+    histograms = _histograms(connection, boundary, edge)
+    return {
+        "total_requests": count,
+        "errors": errors,
+        "cancelled": int(total[2]),
+        "success_rate": (count - errors) / count if count else None,
+        "error_rate": errors / count if count else None,
+        "latency": {
+            "avg_s": _ratio(total[3], count),
+            "p50_s": _percentile(histograms["duration"], 0.5),
+            "p95_s": _percentile(histograms["duration"], 0.95),
+        },
+        "ttft": {
+            "p50_s": _percentile(histograms["ttft"], 0.5),
+            "p95_s": _percentile(histograms["ttft"], 0.95),
+        },
+        "tokens": {
+            "prompt_total": int(total[4]),
+            "completion_total": int(total[6]),
+            "prompt_avg": _ratio(total[4], total[5]),
+            "completion_avg": _ratio(total[6], total[7]),
+        },
+        "tokens_per_second_avg": _ratio(total[8], total[9]),
+        "models": _breakdown(by_model.items()),
+        "categories": _breakdown(by_category.items()),
+        "top_clients": _top_clients(connection, boundary, edge),
+        "hourly": [
+            {
+                "hour": int(hour),
+                "requests": int(sums[0]),
+                "errors": int(sums[1]),
+                "prompt_tokens": int(sums[4]),
+                "completion_tokens": int(sums[6]),
+                "avg_duration_s": _ratio(sums[3], sums[0]),
+            }
+            for hour, sums in sorted(by_hour.items())
+        ],
+    }
+
+
+def _sums(connection: Connection, key: Any, boundary: int) -> dict[Any, Sums]:
+    statement = (
+        select(key, *(func.sum(hourly.c[name]) for name in SUMS))
+        .where(hourly.c.hour >= boundary)
+        .group_by(key)
+    )
+    return {row[0]: list(row[1:]) for row in connection.execute(statement)}
+
+
+def _add(into: Sums, sums: Sums) -> None:
+    for i, value in enumerate(sums):
+        into[i] += value
+
+
+def _ratio(part: Any, whole: Any) -> float | None:
+    return float(part) / float(whole) if whole else None
+
+
+def _breakdown(groups: Iterable[tuple[str, Sums]]) -> list[dict[str, Any]]:
+    ordered = sorted(groups, key=lambda item: (-int(item[1][0]), item[0]))[:100]
+    return [
+        {
+            "name": name,
+            "requests": int(sums[0]),
+            "errors": int(sums[1]),
+            "avg_duration_s": _ratio(sums[3], sums[0]),
+            "prompt_tokens": int(sums[4]),
+            "completion_tokens": int(sums[6]),
+            "tokens_per_second_avg": _ratio(sums[8], sums[9]),
+        }
+        for name, sums in ordered
+    ]
+
+
+def _top_clients(connection: Connection, boundary: int, edge: Aggregate) -> list[dict[str, Any]]:
+    c = hourly_clients.c
+    counts: dict[str, int] = {
+        client: int(n)
+        for client, n in connection.execute(
+            select(c.client, func.sum(c.requests)).where(c.hour >= boundary).group_by(c.client)
+        )
+    }
+    for (_hour, client), n in edge.clients.items():
+        counts[client] = counts.get(client, 0) + n
+    top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:10]
+    return [{"client": client, "requests": n} for client, n in top]
+
+
+def _histograms(
+    connection: Connection, boundary: int, edge: Aggregate
+) -> dict[str, dict[int, int]]:
+    c = hourly_latency.c
+    histograms: dict[str, dict[int, int]] = {metric: {} for metric in rollups.METRICS}
+    statement = (
+        select(c.metric, c.bucket, func.sum(c.count))
+        .where(c.hour >= boundary)
+        .group_by(c.metric, c.bucket)
+    )
+    for metric, index, n in connection.execute(statement):
+        histograms[metric][index] = int(n)
+    for (_hour, metric, index), n in edge.latency.items():
+        histogram = histograms[metric]
+        histogram[index] = histogram.get(index, 0) + n
+    return histograms
+
+
+def _percentile(histogram: dict[int, int], fraction: float) -> float | None:
+    """Nearest rank, to the bucket: the bucket holding the ceil(fraction·n)-th value."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = max(math.ceil(fraction * total), 1)
+    seen = 0
+    for index in sorted(histogram):
+        seen += histogram[index]
+        if seen >= rank:
+            return rollups.bucket_value(index)
+    raise AssertionError("unreachable: the ranks add up to the total")

@@ -1,0 +1,262 @@
+"""The hourly rollups and the stats read from them, on SQLite and the real PostgreSQL: they
+always equal an aggregation from scratch (after writes, retries, retention and the 0002
+backfill), and the stats equal the exact computation (percentiles: within one bucket)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect, select, text
+
+from app.analytics import migrate, rollups, search
+from app.analytics.rollups import Aggregate, bucket
+from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
+from app.analytics.tables import hourly, hourly_clients, hourly_latency, requests
+from tests.conftest import PostgresDatabases
+from tests.test_analytics_store import NOW, ROWS, expected
+
+HOUR = 3600
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresDatabases) -> str:
+    if request.param == "sqlite":
+        return database_url(None, tmp_path)
+    return database_url(postgres.create(), tmp_path)
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[SqlStore]:
+    store = SqlStore(create_store_engine(url))
+    yield store
+    store.close()
+
+
+def stored_rollups(store: SqlStore) -> Aggregate:
+    stored = Aggregate()
+    with store.engine.connect() as connection:
+        for row in connection.execute(select(hourly)).mappings():
+            key = (row["hour"], row["model"], row["category"], row["endpoint"])
+            stored.groups[key] = [row[name] for name in rollups.SUMS]
+        for row in connection.execute(select(hourly_clients)).mappings():
+            stored.clients[(row["hour"], row["client"])] = row["requests"]
+        for row in connection.execute(select(hourly_latency)).mappings():
+            stored.latency[(row["hour"], row["metric"], row["bucket"])] = row["count"]
+    return stored
+
+
+def assert_rollups_match(store: SqlStore, rows: list[dict[str, Any]]) -> None:
+    want = Aggregate().add(rows)
+    got = stored_rollups(store)
+    assert got.clients == want.clients
+    assert got.latency == want.latency
+    assert got.groups.keys() == want.groups.keys()
+    for key, sums in want.groups.items():
+        assert [float(v) for v in got.groups[key]] == pytest.approx(sums, rel=1e-12), key
+
+
+def test_rollups_equal_an_aggregation_from_scratch_after_writes(store: SqlStore) -> None:
+    shuffled = ROWS[:]
+    random.Random(1).shuffle(shuffled)  # late records land in hours already rolled up
+    for start in range(0, len(shuffled), 700):
+        store.write(shuffled[start : start + 700])
+    store.write(shuffled[:50])  # a retried batch adds nothing
+    assert_rollups_match(store, ROWS)
+
+
+@pytest.mark.parametrize("offset", [0, 1234.5])
+def test_retention_keeps_the_rollups_consistent(store: SqlStore, offset: float) -> None:
+    store.write(ROWS)
+    cutoff = rollups.hour_of(NOW - 2 * 86400) + offset  # on an hour, and into one
+    removed = store.delete_older_than(cutoff)
+    kept = [r for r in ROWS if r["timestamp"] >= cutoff]
+    assert removed == len(ROWS) - len(kept)
+    assert_rollups_match(store, kept)
+    stats = store.stats(0)
+    assert stats["total_requests"] == len(kept)
+
+
+def test_migration_0002_backfills_the_rollups_and_downgrades(url: str) -> None:
+    engine = create_store_engine(url)
+    migrate.upgrade(engine, "0001")
+    rows = ROWS[:2000]
+    with engine.begin() as connection:
+        connection.execute(requests.insert(), rows)
+        if engine.dialect.name == "sqlite":
+            connection.execute(
+                text("INSERT INTO requests_fts (id, prompt, response) VALUES (:id, :p, :r)"),
+                [{"id": r["id"], "p": r["prompt"], "r": r["response"]} for r in rows],
+            )
+    migrate.upgrade(engine)
+    migrate.check(engine)
+    store = SqlStore(engine, auto_migrate=False)
+    assert_rollups_match(store, rows)
+    found, _ = store.search(SearchQuery(prompt_search="number1234", limit=10))
+    assert [r["id"] for r in found] == [ROWS[1234]["id"]]
+    store.write(ROWS[2000:2100])  # the full-text index keeps working after the rebuild
+    found, _ = store.search(SearchQuery(prompt_search="number2050", limit=10))
+    assert [r["id"] for r in found] == [ROWS[2050]["id"]]
+    migrate.downgrade(engine, "0001")
+    tables = set(inspect(engine).get_table_names())
+    assert not tables & {"requests_hourly", "requests_hourly_clients", "requests_hourly_latency"}
+    assert migrate.current(engine) == "0001"
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            hits = connection.execute(
+                text("SELECT id FROM requests_fts WHERE requests_fts MATCH 'number2050'")
+            ).all()
+        assert [h[0] for h in hits] == [ROWS[2050]["id"]]
+    migrate.upgrade(engine)
+    assert_rollups_match(store, ROWS[:2100])
+    engine.dispose()
+
+
+def nearest(fraction: float, values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def loaded(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: PostgresDatabases,
+) -> Iterator[SqlStore]:
+    if request.param == "sqlite":
+        url = database_url(None, tmp_path_factory.mktemp("rollups"))
+    else:
+        url = database_url(postgres.create(), Path("/nonexistent"))
+    store = SqlStore(create_store_engine(url))
+    for start in range(0, len(ROWS), 1000):
+        store.write(ROWS[start : start + 1000])
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        NOW - 86400,  # into an hour: its rows are read raw
+        rollups.hour_of(NOW - 86400),  # on an hour: rollups only
+        ROWS[100]["timestamp"],  # exactly a row's time: that row counts
+        ROWS[100]["timestamp"] + 1e-6,  # just after it: it does not
+        0,
+    ],
+)
+def test_stats_equal_the_exact_computation(loaded: SqlStore, since: float) -> None:
+    stats = loaded.stats(since)
+    window = [r for r in ROWS if r["timestamp"] >= since]
+    errors = [r for r in window if r["status"] >= 400]
+    assert stats["total_requests"] == len(window)
+    assert stats["errors"] == len(errors)
+    assert stats["cancelled"] == 0
+    durations = [r["duration_s"] for r in window]
+    assert stats["latency"]["avg_s"] == pytest.approx(sum(durations) / len(durations))
+    for fraction, key in ((0.5, "p50_s"), (0.95, "p95_s")):
+        assert bucket(stats["latency"][key]) == bucket(nearest(fraction, durations))
+        assert stats["latency"][key] == pytest.approx(nearest(fraction, durations), rel=0.05)
+        ttfts = [r["ttft_s"] for r in window if r["ttft_s"] is not None]
+        assert bucket(stats["ttft"][key]) == bucket(nearest(fraction, ttfts))
+    tokens = stats["tokens"]
+    assert tokens["prompt_total"] == sum(r["prompt_tokens"] for r in window)
+    assert tokens["completion_avg"] == pytest.approx(
+        sum(r["completion_tokens"] for r in window) / len(window)
+    )
+    rates = [r["tokens_per_second"] for r in window]
+    assert stats["tokens_per_second_avg"] == pytest.approx(sum(rates) / len(rates))
+    for breakdown, field in (("models", "model"), ("categories", "category")):
+        for entry in stats[breakdown]:
+            rows = [r for r in window if r[field] == entry["name"]]
+            assert entry["requests"] == len(rows)
+            assert entry["errors"] == sum(1 for r in rows if r["status"] >= 400)
+            assert entry["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
+            assert entry["avg_duration_s"] == pytest.approx(
+                sum(r["duration_s"] for r in rows) / len(rows)
+            )
+        assert sum(entry["requests"] for entry in stats[breakdown]) == len(window)
+    clients: dict[str, int] = {}
+    for row in window:
+        clients[row["client"]] = clients.get(row["client"], 0) + 1
+    assert {c["client"]: c["requests"] for c in stats["top_clients"]} == clients
+    hours: dict[int, list[dict[str, Any]]] = {}
+    for row in window:
+        hours.setdefault(rollups.hour_of(row["timestamp"]), []).append(row)
+    assert [h["hour"] for h in stats["hourly"]] == sorted(hours)
+    for entry in stats["hourly"]:
+        rows = hours[entry["hour"]]
+        assert entry["requests"] == len(rows)
+        assert entry["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows)
+        assert entry["errors"] == sum(1 for r in rows if r["status"] >= 400)
+
+
+def test_stats_of_an_empty_window(loaded: SqlStore) -> None:
+    stats = loaded.stats(NOW + 10 * 86400)
+    assert stats["total_requests"] == 0
+    assert stats["latency"] == {"avg_s": None, "p50_s": None, "p95_s": None}
+    assert stats["models"] == stats["hourly"] == stats["top_clients"] == []
+
+
+def test_percentiles_stay_within_their_bucket() -> None:
+    rng = random.Random(4)
+    for _ in range(2000):
+        value = math.exp(rng.uniform(-9, 9))
+        estimate = rollups.bucket_value(bucket(value))
+        assert bucket(estimate) == bucket(value)
+        assert abs(estimate / value - 1) <= rollups.GROWTH - 1
+    assert rollups.bucket_value(bucket(0.0)) == 0.0
+
+
+def test_hours_split_rows_exactly() -> None:
+    for stamp in (0.0, 3600.0, 3599.999999999, 1_800_000_000.0 - 1e-7, 1_799_999_999.9999998):
+        hour = rollups.hour_of(stamp)
+        assert hour <= stamp < hour + HOUR
+        assert rollups.next_hour(stamp) >= stamp
+
+
+@pytest.mark.parametrize("words", ["sky", "ocean garden", "blue", "number1234"])
+def test_common_words_are_paged_newest_first_slice_by_slice(
+    loaded: SqlStore, words: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every word counts as common here, so SQLite takes the slice-by-slice path.
+    monkeypatch.setattr(search, "RARE_DOCS", 0)
+    monkeypatch.setattr(search, "FIRST_SLICE_MS", 1000)
+    want = [
+        r["id"]
+        for r in expected()
+        if set(words.split()) <= set((r["prompt"] + " " + r["response"]).split())
+    ]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        rows, cursor = loaded.search(SearchQuery(prompt_search=words, limit=97, cursor=cursor))
+        seen += [row["id"] for row in rows]
+        if cursor is None:
+            break
+    assert seen == want
+    start, end = NOW - 86400, NOW - 40000
+    rows, _ = loaded.search(
+        SearchQuery(prompt_search=words, model="gemma:2b", start_time=start, end_time=end)
+    )
+    assert [r["id"] for r in rows] == [
+        i
+        for i in want
+        if (row := next(r for r in ROWS if r["id"] == i))["model"] == "gemma:2b"
+        and start <= row["timestamp"] < end
+    ][:50]
+
+
+@pytest.mark.parametrize("hostile", ["' OR 1=1 --", '"; DROP TABLE requests; --', "sky*", "💥"])
+def test_hostile_strings_on_the_slice_path(
+    loaded: SqlStore, hostile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(search, "RARE_DOCS", 0)
+    rows, _ = loaded.search(SearchQuery(prompt_search=hostile, limit=20))
+    words = {w.lower() for w in hostile.replace("*", " ").split() if w.isalnum()}
+    for row in rows:
+        assert words <= set((row["prompt"] + " " + row["response"]).lower().split())
+    assert loaded.search(SearchQuery(limit=1))[0]
