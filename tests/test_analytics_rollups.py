@@ -18,7 +18,7 @@ from app.analytics.rollups import Aggregate, bucket
 from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
 from app.analytics.tables import hourly, hourly_clients, hourly_latency, requests
 from tests.conftest import PostgresDatabases
-from tests.test_analytics_store import NOW, ROWS, expected
+from tests.test_analytics_store import NOW, ROWS, expected, load_store
 
 HOUR = 3600
 
@@ -127,13 +127,7 @@ def loaded(
     tmp_path_factory: pytest.TempPathFactory,
     postgres: PostgresDatabases,
 ) -> Iterator[SqlStore]:
-    if request.param == "sqlite":
-        url = database_url(None, tmp_path_factory.mktemp("rollups"))
-    else:
-        url = database_url(postgres.create(), Path("/nonexistent"))
-    store = SqlStore(create_store_engine(url))
-    for start in range(0, len(ROWS), 1000):
-        store.write(ROWS[start : start + 1000])
+    store = load_store(request.param, tmp_path_factory, postgres)
     yield store
     store.close()
 

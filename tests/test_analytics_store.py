@@ -66,19 +66,27 @@ def make_row(i: int, rng: random.Random) -> dict[str, Any]:
 ROWS = [make_row(i, random.Random(i)) for i in range(3 * 24 * 60)]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def store(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresDatabases,
-) -> Iterator[SqlStore]:
-    if request.param == "sqlite":
+def load_store(
+    kind: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabases
+) -> SqlStore:
+    """A new store of ``kind`` (sqlite or postgresql) holding ROWS."""
+    if kind == "sqlite":
         url = database_url(None, tmp_path_factory.mktemp("sqlite"))
     else:
         url = database_url(postgres.create(), Path("/nonexistent"))
     store = SqlStore(create_store_engine(url))
     for start in range(0, len(ROWS), 1000):
         store.write(ROWS[start : start + 1000])
+    return store
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: PostgresDatabases,
+) -> Iterator[SqlStore]:
+    store = load_store(request.param, tmp_path_factory, postgres)
     yield store
     store.close()
 
