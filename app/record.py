@@ -13,7 +13,28 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 def new_record_id(now: float | None = None) -> str:
     """A ULID: 26 characters, sortable by creation time (ms), unique (80 random bits)."""
     ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    return _encode((ms << 80) | int.from_bytes(os.urandom(10), "big"))
+
+
+# A ULID's first 48 bits are its millisecond timestamp.
+_MAX_MS = (1 << 48) - 1
+
+
+def ulid_floor(ms: int) -> str:
+    """The smallest ULID of millisecond ``ms``: ids of later records sort above it."""
+    return _encode(min(max(ms, 0), _MAX_MS) << 80)
+
+
+def ulid_ms(ulid: str) -> int:
+    """The millisecond a ULID was made in."""
+    value = 0
+    for char in ulid[:10]:
+        value = value * 32 + _CROCKFORD.index(char)
+    return value
+
+
+def _encode(value: int) -> str:
+    """A 128-bit value as 26 Crockford base-32 characters, most significant first."""
     chars = []
     for _ in range(26):
         value, digit = divmod(value, 32)

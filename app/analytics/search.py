@@ -29,13 +29,12 @@ from sqlalchemy import (
 )
 
 from app.analytics.tables import requests
+from app.record import ulid_floor, ulid_ms
 
 SUMMARY_COLUMNS = [
     c for c in requests.c if c.name not in ("request_body", "thinking", "tool_calls")
 ]
 _WORD = re.compile(r"\w+", re.UNICODE)
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_MAX_MS = (1 << 48) - 1
 RARE_DOCS = 5_000  # at most this many matching records: look them all up and sort
 FIRST_SLICE_MS = 60_000
 _ROWID: ColumnElement[int] = literal_column("requests.rowid")
@@ -60,23 +59,6 @@ class SearchQuery:
     min_duration: float | None = None
     limit: int = 50
     cursor: str | None = None
-
-
-def ulid_floor(ms: int) -> str:
-    """The smallest ULID of millisecond ``ms``."""
-    value = min(max(ms, 0), _MAX_MS) << 80
-    chars = []
-    for _ in range(26):
-        value, digit = divmod(value, 32)
-        chars.append(_CROCKFORD[digit])
-    return "".join(reversed(chars))
-
-
-def ulid_ms(ulid: str) -> int:
-    value = 0
-    for char in ulid[:10]:
-        value = value * 32 + _CROCKFORD.index(char)
-    return value
 
 
 def run(connection: Connection, query: SearchQuery) -> tuple[list[dict[str, Any]], str | None]:
