@@ -163,12 +163,13 @@ def write(args: argparse.Namespace, data: dict[str, Any], stamp: datetime.dateti
 
 
 def summary(data: dict[str, Any]) -> None:
-    print("upstream check (speed-up = proxied wall time ÷ upstream CPU time; must be ≥ 5):")
+    print("upstream check (speed-up = proxied wall time ÷ upstream CPU time, ≥ 5; paced:")
+    print("direct delivers ≥ 90 % of the offered rate):")
     for check in data["upstream_check"]:
         verdict = "ok" if check["ok"] else "TOO SLOW"
         ratio = check["throughput_ratio"] or 0.0
         print(
-            f"  {check['scenario']:<22} speed-up {check['ratio']:6.1f}  {verdict:<8}  "
+            f"  {check['scenario']:<22} {check['rule']} {check['ratio']:6.2f}  {verdict:<8}  "
             f"(direct ÷ proxy throughput {ratio:.1f})"
         )
     if not data["meta"]["valid"]:
