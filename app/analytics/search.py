@@ -3,25 +3,27 @@ millions of records.
 
 - Time bounds are also applied to the id (a ULID made from the timestamp's millisecond),
   so the ``(filter, id)`` indexes serve filter, window and order together.
-- PostgreSQL full text: ``search_vector @@ plainto_tsquery('simple', …)``; the planner picks
-  the GIN index for rare words and a newest-first walk for common ones (from its statistics).
-- SQLite full text (FTS5 ``requests_fts``, whose rowid is the row's rowid): a word in few
-  records (counted up to ``RARE_DOCS``) is looked up and the matches sorted; a common word is
-  searched slice by slice backwards in time (a minute, then 4×, 16×, …), each slice's
-  matches found by FTS5 within the slice's rowid range, until the page is full. Either way
+- Full text, on both stores: a word in few records (counted up to ``RARE_DOCS``) is looked
+  up in the full-text index and the matches sorted; a common word is searched slice by
+  slice backwards in time (a minute, then 4×, 16×, …) until the page is full. Either way
   the page is exactly the newest matches.
+- SQLite: FTS5 ``requests_fts`` (its rowid is the row's rowid; a slice's matches are found
+  within the slice's rowid range). PostgreSQL: ``search_vector @@ plainto_tsquery('simple',
+  …)`` over the GIN index; the plan is forced per path rather than left to the planner's
+  guess (see ``_TsQuery``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     and_,
+    false,
     func,
     literal_column,
     select,
@@ -67,17 +69,12 @@ def run(connection: Connection, query: SearchQuery) -> tuple[list[dict[str, Any]
     if low is not None and high is not None and low >= high:
         return [], None
     want = query.limit + 1
-    words = query.prompt_search
-    if words and connection.dialect.name == "sqlite":
-        terms = _WORD.findall(words)
-        if not terms:
+    if query.prompt_search:
+        matcher = _matcher(connection, query.prompt_search)
+        if matcher is None:
             return [], None
-        rows = _sqlite_text(connection, terms, conditions, low, high, want)
+        rows = _text(connection, matcher, conditions, low, high, want)
     else:
-        if words:
-            conditions.append(
-                text("search_vector @@ plainto_tsquery('simple', :words)").bindparams(words=words)  # type: ignore[arg-type]
-            )
         rows = _page(connection, [*conditions, *_between(low, high)], want)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
@@ -126,20 +123,101 @@ def _page(connection: Connection, conditions: list[Any], want: int) -> list[dict
     return [dict(row._mapping) for row in connection.execute(statement)]
 
 
-def _sqlite_text(
+class _Matcher(Protocol):
+    """How one store finds the records whose text holds every word."""
+
+    def few(self, connection: Connection) -> bool:
+        """Whether at most ``RARE_DOCS`` records match (counting stops past that)."""
+
+    def all(self) -> ColumnElement[bool]:
+        """Every match, looked up through the full-text index."""
+
+    def within(self, connection: Connection, start: str, high: str) -> ColumnElement[bool]:
+        """The matches among the records with ``start <= id < high``."""
+
+
+def _matcher(connection: Connection, words: str) -> _Matcher | None:
+    if connection.dialect.name == "sqlite":
+        terms = _WORD.findall(words)
+        # FTS5 has its own query language; quoting each word makes any input a plain AND
+        # of words (no syntax errors, no operators smuggled in).
+        return _Fts5(" ".join('"' + term + '"' for term in terms)) if terms else None
+    return _TsQuery(words)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fts5:
+    """SQLite: FTS5 ``requests_fts``, whose rowid is the row's rowid."""
+
+    fts: str
+
+    def few(self, connection: Connection) -> bool:
+        # FTS5 walks its doclists in rowid order, so counting stops after RARE_DOCS + 1.
+        probe = text(
+            "SELECT count(*) FROM (SELECT rowid FROM requests_fts "
+            "WHERE requests_fts MATCH :fts LIMIT :cap)"
+        )
+        found = connection.execute(probe, {"fts": self.fts, "cap": RARE_DOCS + 1}).scalar_one()
+        return int(found) <= RARE_DOCS
+
+    def all(self) -> ColumnElement[bool]:
+        return _ROWID.in_(_FTS_ROWIDS.bindparams(fts=self.fts))
+
+    def within(self, connection: Connection, start: str, high: str) -> ColumnElement[bool]:
+        bounds = select(func.min(_ROWID), func.max(_ROWID)).where(
+            requests.c.id >= start, requests.c.id < high
+        )
+        rmin, rmax = cast("tuple[int | None, int | None]", connection.execute(bounds).one())
+        if rmin is None:
+            return false()
+        return _ROWID.in_(_FTS_RANGE.bindparams(fts=self.fts, rmin=rmin, rmax=rmax))
+
+
+@dataclass(frozen=True, slots=True)
+class _TsQuery:
+    """PostgreSQL: the generated ``search_vector`` column and its GIN index.
+
+    Left to itself the planner guesses from its statistics between the GIN index and a
+    newest-first walk of the primary key, and a wrong guess for a word it thinks common but
+    is not walks the whole table (seconds at a million records). Both paths are forced
+    instead: the matches of a rare word come from the index alone (a materialised
+    subquery the planner cannot fold into the walk), a common word is searched within one
+    id range at a time."""
+
+    words: str
+
+    def _matches(self) -> ColumnElement[bool]:
+        return text("search_vector @@ plainto_tsquery('simple', :words)").bindparams(  # type: ignore[return-value]
+            words=self.words
+        )
+
+    def few(self, connection: Connection) -> bool:
+        probe = select(requests.c.id).where(self._matches()).limit(RARE_DOCS + 1).subquery()
+        found = connection.execute(select(func.count()).select_from(probe)).scalar_one()
+        return int(found) <= RARE_DOCS
+
+    def all(self) -> ColumnElement[bool]:
+        ids = (
+            select(requests.c.id).where(self._matches()).cte("matches").prefix_with("MATERIALIZED")
+        )
+        return requests.c.id.in_(select(ids.c.id))
+
+    def within(self, connection: Connection, start: str, high: str) -> ColumnElement[bool]:
+        return self._matches()
+
+
+def _text(
     connection: Connection,
-    terms: list[str],
+    matcher: _Matcher,
     conditions: list[ColumnElement[bool]],
     low: str | None,
     high: str | None,
     want: int,
 ) -> list[dict[str, Any]]:
-    # FTS5 has its own query language; quoting each word makes any input a plain AND of
-    # words (no syntax errors, no operators smuggled in).
-    fts = " ".join('"' + term + '"' for term in terms)
-    if _few_matches(connection, fts):
-        matches = _ROWID.in_(_FTS_ROWIDS.bindparams(fts=fts))
-        return _page(connection, [*conditions, *_between(low, high), matches], want)
+    """A word in few records is looked up and the matches sorted; a common word is
+    searched slice by slice backwards in time until the page is full."""
+    if matcher.few(connection):
+        return _page(connection, [*conditions, *_between(low, high), matcher.all()], want)
     if high is None:
         newest = connection.execute(select(func.max(requests.c.id))).scalar()
         if newest is None:
@@ -151,27 +229,8 @@ def _sqlite_text(
     span = FIRST_SLICE_MS
     while len(rows) < want and high > low:
         start = max(ulid_floor(ulid_ms(high) - span), low)
-        rmin, rmax = connection.execute(
-            select(func.min(_ROWID), func.max(_ROWID)).where(
-                requests.c.id >= start, requests.c.id < high
-            )
-        ).one()
-        if rmin is not None:
-            matches = _ROWID.in_(_FTS_RANGE.bindparams(fts=fts, rmin=rmin, rmax=rmax))
-            slice_ = [*conditions, *_between(start, high), matches]
-            rows += _page(connection, slice_, want - len(rows))
+        slice_ = [*conditions, *_between(start, high), matcher.within(connection, start, high)]
+        rows += _page(connection, slice_, want - len(rows))
         high = start
         span *= 4
     return rows
-
-
-def _few_matches(connection: Connection, fts: str) -> bool:
-    """Whether at most ``RARE_DOCS`` records match: FTS5 walks its doclists in rowid order,
-    so counting stops after ``RARE_DOCS + 1`` whatever the word."""
-    probe = text(
-        "SELECT count(*) FROM (SELECT rowid FROM requests_fts WHERE requests_fts MATCH :fts "
-        "LIMIT :cap)"
-    )
-    return (
-        int(connection.execute(probe, {"fts": fts, "cap": RARE_DOCS + 1}).scalar_one()) <= RARE_DOCS
-    )
