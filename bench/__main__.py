@@ -4,6 +4,8 @@ Runs the scenarios (small requests, streaming relay, memory, analytics, micro-be
 each three ways, judges the issue's targets, and writes ``bench/results/<UTC>.json``,
 ``bench/results/latest.json`` and ``docs/benchmarks.md``. ``--quick`` and ``--smoke`` shrink
 durations and sizes (see ``bench/plan.py``); ``--only small,stream`` picks scenarios.
+``--rejudge FILE`` measures nothing: it judges a run's JSON again with the current rules and
+notes and rewrites the report (for a change of rule or of ``bench/notes.md``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def options(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM column")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="JSON results folder")
     parser.add_argument("--markdown", type=Path, default=MARKDOWN, help="markdown report path")
+    parser.add_argument("--rejudge", type=Path, help="judge this run's JSON again; no run")
     args = parser.parse_args(argv)
     chosen = [
         name.strip() for name in (args.only or ",".join(SCENARIOS)).split(",") if name.strip()
@@ -94,6 +97,8 @@ def _stop(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = options(argv)
+    if args.rejudge is not None:
+        return rejudge(args)
     signal.signal(signal.SIGTERM, _stop)
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
     try:
@@ -145,6 +150,25 @@ def main(argv: list[str] | None = None) -> int:
         **data,
         "targets": judged.judge(scenarios, data["analytics"]),
     }
+    write(args, data, stamp)
+    summary(data)
+    return 0
+
+
+def rejudge(args: argparse.Namespace) -> int:
+    """Derived numbers, the upstream check and the targets again from a run's raw data."""
+    data = json.loads(args.rejudge.read_text())
+    scenarios = data["scenarios"]
+    for way in scenarios.get("memory.series", {}).values():
+        if isinstance(way, dict) and "rss_series_mb" in way:
+            way["slope_mb_per_100k"] = memory.slope_per_100k(
+                [(n, mb) for n, mb in way["rss_series_mb"]]
+            )
+    checks = judged.upstream_check(scenarios)
+    data["upstream_check"] = checks
+    data["meta"]["valid"] = all(check["ok"] for check in checks)
+    data["targets"] = judged.judge(scenarios, data["analytics"])
+    stamp = datetime.datetime.fromisoformat(data["meta"]["started"])
     write(args, data, stamp)
     summary(data)
     return 0

@@ -112,3 +112,17 @@ def test_markdown_has_every_section(run: tuple[dict[str, object], str, Path]) ->
         assert key in markdown, key
     results = list((out / "results").glob("*.json"))
     assert len(results) == 2, results  # <UTC timestamp>.json and latest.json
+
+
+def test_rejudge_renders_the_same_run_again(run: tuple[dict[str, object], str, Path]) -> None:
+    data, markdown, out = run
+    again = out / "again"
+    command = [sys.executable, "-m", "bench", "--rejudge", str(out / "results" / "latest.json")]
+    command += ["--output-dir", str(again), "--markdown", str(again / "benchmarks.md")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rejudged = json.loads((again / "latest.json").read_text())
+    # Same raw numbers, same rules: the same verdicts and the same report.
+    assert rejudged["scenarios"] == data["scenarios"]
+    assert rejudged["targets"] == data["targets"]
+    assert (again / "benchmarks.md").read_text() == markdown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.memory import slope_per_100k
 from bench.targets import upstream_check
 
 
@@ -50,3 +51,15 @@ def test_paced_runs_are_judged_by_the_rate_direct_delivers_not_by_upstream_cpu()
 
 def test_scenarios_without_a_proxy_run_are_not_checked() -> None:
     assert upstream_check({"memory.series": {"kind": "series"}, "x": {"kind": "stream"}}) == []
+
+
+def test_the_memory_trend_leaves_out_the_warm_up_but_sees_a_leak() -> None:
+    # Measured shape: +19 MB in the first 20k requests, then flat.
+    settled = [(0, 88.6), (10_000, 102.1), (20_000, 107.5)]
+    settled += [(n, 107.5 + n * 1e-6) for n in range(30_000, 100_001, 10_000)]
+    assert slope_per_100k(settled) < 0.5
+    # A leak of 100 bytes per request keeps rising after the warm-up: ~9.5 MB per 100k.
+    leaking = [(n, 90.0 + n * 100 / 2**20) for n in range(0, 100_001, 10_000)]
+    assert 9 < slope_per_100k(leaking) < 11
+    assert slope_per_100k([]) == 0.0
+    assert slope_per_100k([(0, 1.0)]) == 0.0

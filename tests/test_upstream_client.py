@@ -8,6 +8,7 @@ without length, answers split anywhere, early answers to uploads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -80,6 +81,21 @@ def upstream(url: str, *, max_connections: int = 0, connect_timeout: float = 5) 
     return Upstream(url, connect_timeout=connect_timeout, max_connections=max_connections)
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    handler: Handler, *, max_connections: int = 0, connect_timeout: float = 5
+) -> AsyncIterator[tuple[Server, Upstream]]:
+    """A scripted server and a pool to it, closed in that order."""
+    async with Server(handler) as server:
+        pool = upstream(
+            server.url, max_connections=max_connections, connect_timeout=connect_timeout
+        )
+        try:
+            yield server, pool
+        finally:
+            await pool.close()
+
+
 def head_for(method: str, path: bytes, body_length: int | None = 0) -> bytes:
     return request_head(method, path, [(b"Host", b"u")], body_length=body_length)[0]
 
@@ -110,10 +126,8 @@ def keep_alive(answer: bytes = OK) -> Handler:
 
 def test_connections_are_reused_after_complete_answers() -> None:
     async def main() -> None:
-        async with Server(keep_alive()) as server:
-            pool = upstream(server.url)
+        async with serving(keep_alive()) as (server, pool):
             assert [await get(pool) for _ in range(3)] == [b"{}"] * 3
-            await pool.close()
         assert server.connections == 1
         assert len(server.requests) == 3
 
@@ -124,11 +138,9 @@ def test_connection_close_answer_is_read_whole_and_not_reused() -> None:
     answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
 
     async def main() -> None:
-        async with Server(keep_alive(answer)) as server:
-            pool = upstream(server.url)
+        async with serving(keep_alive(answer)) as (server, pool):
             assert await get(pool) == b"hello"
             assert await get(pool) == b"hello"
-            await pool.close()
         assert server.connections == 2
 
     run(main())
@@ -151,11 +163,9 @@ def _closes_idle_connections() -> Handler:
 
 def test_idempotent_request_on_a_stale_connection_is_sent_again() -> None:
     async def main() -> None:
-        async with Server(_closes_idle_connections()) as server:
-            pool = upstream(server.url)
+        async with serving(_closes_idle_connections()) as (server, pool):
             assert await get(pool) == b"{}"
             assert await get(pool) == b"{}"
-            await pool.close()
         assert server.connections == 2
 
     run(main())
@@ -163,13 +173,11 @@ def test_idempotent_request_on_a_stale_connection_is_sent_again() -> None:
 
 def test_post_on_a_stale_connection_is_a_clear_error_not_a_retry() -> None:
     async def main() -> None:
-        async with Server(_closes_idle_connections()) as server:
-            pool = upstream(server.url)
+        async with serving(_closes_idle_connections()) as (server, pool):
             assert await get(pool) == b"{}"
             body = b'{"model":"m"}'
             with pytest.raises(UpstreamError) as caught:
                 await pool.send("POST", head_for("POST", b"/api/generate", len(body)), body)
-            await pool.close()
         assert caught.value.reason == "reset"
         assert caught.value.message == f"Ollama at {server.url} closed the connection"
         assert server.connections == 1
@@ -191,13 +199,11 @@ def test_head_answers_end_with_their_head_and_keep_the_connection() -> None:
         await server.read(reader)
 
     async def main() -> None:
-        async with Server(handler) as server:
-            pool = upstream(server.url)
+        async with serving(handler) as (server, pool):
             response = await pool.send("HEAD", head_for("HEAD", b"/api/tags"), b"")
             assert response.content_length == 295
             assert await body_of(response) == b""
             assert await get(pool) == b"{}"
-            await pool.close()
         assert server.connections == 1
 
     run(main())
@@ -208,11 +214,9 @@ def test_answers_without_body(status: bytes) -> None:
     answer = b"HTTP/1.1 " + status + b"\r\nDate: x\r\n\r\n"
 
     async def main() -> None:
-        async with Server(keep_alive(answer)) as server:
-            pool = upstream(server.url)
+        async with serving(keep_alive(answer)) as (server, pool):
             assert await get(pool) == b""
             assert await get(pool) == b""
-            await pool.close()
         assert server.connections == 1
 
     run(main())
@@ -228,11 +232,9 @@ def test_body_without_length_ends_with_the_connection() -> None:
         writer.write(b"part two")
 
     async def main() -> None:
-        async with Server(handler) as server:
-            pool = upstream(server.url)
+        async with serving(handler) as (server, pool):
             assert await get(pool) == b"part one, part two"
             assert await get(pool) == b"part one, part two"
-            await pool.close()
         assert server.connections == 2
 
     run(main())
@@ -255,14 +257,12 @@ def test_answer_split_at_every_byte_arrives_whole() -> None:
                 await asyncio.sleep(0)
 
     async def main() -> None:
-        async with Server(handler) as server:
-            pool = upstream(server.url)
+        async with serving(handler) as (server, pool):
             response = await pool.send("GET", head_for("GET", b"/"), b"")
             assert response.status == 200
             assert (b"Transfer-Encoding", b"chunked") in response.headers
             assert await body_of(response) == b'{"a":1}\n{"b":2}\n'
             assert await get(pool, b"/") == b'{"a":1}\n{"b":2}\n'
-            await pool.close()
         assert server.connections == 1
 
     run(main())
@@ -276,8 +276,7 @@ async def _pieces(*pieces: bytes) -> AsyncIterator[bytes]:
 
 def test_streamed_bodies_go_chunked_without_a_length_and_raw_with_one() -> None:
     async def main() -> None:
-        async with Server(keep_alive()) as server:
-            pool = upstream(server.url)
+        async with serving(keep_alive()) as (server, pool):
             head, chunked = request_head("POST", b"/api/blobs/x", [], body_length=None)
             assert chunked
             response = await pool.send("POST", head, _pieces(b"abc", b"defg"), chunked=True)
@@ -288,7 +287,6 @@ def test_streamed_bodies_go_chunked_without_a_length_and_raw_with_one() -> None:
             assert not chunked
             response = await pool.send("POST", head, _pieces(b"abc", b"defg"))
             await body_of(response)
-            await pool.close()
         (first_head, first_body), (second_head, second_body) = server.requests
         assert b"Transfer-Encoding: chunked\r\n" in first_head
         assert first_body == second_body == b"abcdefg"
@@ -315,23 +313,19 @@ def test_an_early_answer_to_an_upload_is_relayed() -> None:
             yield b"x" * 65536
 
     async def main() -> None:
-        async with Server(handler) as server:
-            pool = upstream(server.url)
+        async with serving(handler) as (_server, pool):
             head, _ = request_head("POST", b"/api/blobs/x", [], body_length=None)
             response = await pool.send("POST", head, endless(), chunked=True)
             assert response.status == 400
             assert await body_of(response) == b'{"error":"digest"}'
-            await pool.close()
 
     run(main())
 
 
 def test_the_connection_cap_queues_requests() -> None:
     async def main() -> None:
-        async with Server(keep_alive()) as server:
-            pool = upstream(server.url, max_connections=1)
+        async with serving(keep_alive(), max_connections=1) as (server, pool):
             assert await asyncio.gather(*(get(pool) for _ in range(5))) == [b"{}"] * 5
-            await pool.close()
         assert server.connections == 1
 
     run(main())
@@ -344,8 +338,7 @@ def test_waiting_for_a_capped_pool_times_out_like_a_connect() -> None:
         await reader.read()
 
     async def main() -> None:
-        async with Server(hang) as server:
-            pool = upstream(server.url, max_connections=1, connect_timeout=0.2)
+        async with serving(hang, max_connections=1, connect_timeout=0.2) as (_server, pool):
             first = asyncio.ensure_future(pool.send("GET", head_for("GET", b"/"), b""))
             await asyncio.sleep(0.05)
             with pytest.raises(UpstreamError) as caught:
@@ -353,7 +346,6 @@ def test_waiting_for_a_capped_pool_times_out_like_a_connect() -> None:
             first.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await first
-            await pool.close()
         assert caught.value.reason == "timeout"
 
     run(main())
@@ -381,13 +373,11 @@ def test_answer_cut_mid_body_is_a_reset() -> None:
         await writer.drain()
 
     async def main() -> None:
-        async with Server(handler) as server:
-            pool = upstream(server.url)
+        async with serving(handler) as (_server, pool):
             response = await pool.send("GET", head_for("GET", b"/"), b"")
             with pytest.raises(UpstreamError) as caught:
                 await body_of(response)
             response.release()
-            await pool.close()
         assert caught.value.reason == "reset"
         assert "broke off the response unfinished" in caught.value.message
 
@@ -404,11 +394,9 @@ def test_garbage_is_a_protocol_error() -> None:
         await reader.read()
 
     async def main() -> None:
-        async with Server(handler) as server:
-            pool = upstream(server.url)
+        async with serving(handler) as (_server, pool):
             with pytest.raises(UpstreamError) as caught:
                 await get(pool)
-            await pool.close()
         assert caught.value.reason == "protocol"
 
     run(main())
@@ -429,13 +417,11 @@ def test_abandoned_exchange_closes_the_connection() -> None:
             await reader.read()  # EOF: the proxy closed its side
             gone.set()
 
-        async with Server(handler) as server:
-            pool = upstream(server.url)
+        async with serving(handler) as (_server, pool):
             response = await pool.send("GET", head_for("GET", b"/"), b"")
             assert await response.read() == b"abc"
             response.release()
             await asyncio.wait_for(gone.wait(), 5)
-            await pool.close()
 
     run(main())
 
@@ -492,13 +478,10 @@ def test_upstream_url_parts() -> None:
 
 def test_bytes_after_a_complete_answer_retire_the_connection() -> None:
     async def main() -> None:
-        async with Server(
-            keep_alive(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        ) as server:
-            pool = upstream(server.url)
+        extra = keep_alive(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        async with serving(extra) as (server, pool):
             assert await get(pool) == b"{}"
             assert await get(pool) == b"{}"
-            await pool.close()
         assert server.connections == 2
 
     run(main())
