@@ -25,6 +25,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from app import auth
+
 CONFIG_ENV = "OLLAMA_METRICS_CONFIG"
 CONFIG_NAME = "config.toml"
 
@@ -95,7 +97,10 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # Inputs are hidden in validation errors: they may hold tokens, keys and passwords.
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", hide_input_in_errors=True
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -185,6 +190,16 @@ class Settings(BaseSettings):
     analytics_token: SecretStr | None = Field(
         None, description="When set, /analytics/* requires Authorization: Bearer <token>."
     )
+    metrics_token: SecretStr | None = Field(
+        None, description="When set, /metrics requires Authorization: Bearer <token>."
+    )
+    proxy_api_keys: SecretStr | None = Field(
+        None,
+        description="Comma list of name:key (or bare keys): proxied requests need one as Bearer.",
+    )
+    proxy_api_keys_file: Path | None = Field(
+        None, description="File of 'name key' lines, like PROXY_API_KEYS; re-read on change."
+    )
     loki_url: str | None = Field(None, description="Loki base URL for the loki backend.")
     loki_tenant: str | None = Field(None, description="X-Scope-OrgID sent to Loki.")
 
@@ -216,7 +231,16 @@ class Settings(BaseSettings):
             )
         if "loki" in backends and not self.loki_url:
             raise ValueError("ANALYTICS_BACKEND=loki needs LOKI_URL")
+        # Checked here so that a bad key stops the start with a clear message (never the key).
+        auth.load(self.api_keys_value, self.proxy_api_keys_file)
         return self
+
+    @property
+    def api_keys_value(self) -> str | None:
+        """``PROXY_API_KEYS`` as text, None when unset or blank."""
+        given = self.proxy_api_keys
+        text = given.get_secret_value().strip() if given is not None else ""
+        return text or None
 
     @field_validator("ollama_upstream")
     @classmethod

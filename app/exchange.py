@@ -9,14 +9,16 @@ request's task and must not block: metrics are in memory, analytics only enqueue
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from app.auth import SCOPE_KEY
 from app.ollama.endpoints import Endpoint, classify
 from app.ollama.requests import NO_FACTS, RequestFacts, read_request
-from app.ollama.streams import Answer, Reader, reader_for
+from app.ollama.streams import Answer, Reader, reader_for, valid_text
 from app.proxy.headers import STREAM_CONTENT_TYPES
 from app.record import ExchangeRecord, new_record_id
 from app.types import Scope
@@ -120,9 +122,13 @@ class ExchangeTap:
             self.request_bytes = len(body)
             # Kept as the client sent it (before any usage injection), capped.
             self.request_text = body[: self.recorder.text_limit].decode("utf-8", "replace")
-            self.facts, body = read_request(
-                self.endpoint, body, inject_usage=self.recorder.inject_usage
-            )
+            facts, body = read_request(self.endpoint, body, inject_usage=self.recorder.inject_usage)
+            # A JSON-escaped lone surrogate (\ud800) cannot be encoded: as a metric label it
+            # would break /metrics, in a record it would stall the SQL writer on that record.
+            model, prompt = valid_text(facts.model), valid_text(facts.prompt)
+            if model is not facts.model or prompt is not facts.prompt:
+                facts = dataclasses.replace(facts, model=model, prompt=prompt)
+            self.facts = facts
             if self.endpoint.operation in ("chat", "text_completion"):
                 self.category = self.recorder.categorise(self.facts.prompt)
         self.begun = True
@@ -231,6 +237,7 @@ class ExchangeTap:
             request_bytes=self.request_bytes,
             response_bytes=self.response_bytes,
             usage_injected=self.facts.usage_injected,
+            api_key=scope.get(SCOPE_KEY),
         )
 
 

@@ -7,10 +7,13 @@
                   │              │ finished ExchangeRecord
                   │              ▼
                   │         Instruments (app.metrics) ... analytics sinks
-                  └──▶ own API (app.api): /metrics, /test
+                  └──▶ own API (app.api): /metrics, /test, /analytics/*
 
 Routing is one set lookup on the hot path: the proxy's own paths go to FastAPI, everything
-else to the forwarder, untouched.
+else to the forwarder, untouched. With API keys configured (``app.auth``), a proxied request
+(and ``/test``) must present one first: without it the answer is 401 and nothing goes
+upstream; with it, the key's name travels in the scope and the key itself is removed from
+the headers. ``/metrics`` and ``/analytics/*`` have their own tokens.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter
+from pydantic import SecretStr
 
 from app.analytics.jsonl import JsonlBackend
 from app.analytics.loki import LokiBackend
@@ -29,12 +33,14 @@ from app.analytics.sql import SqlStore, create_store_engine, settings_url
 from app.analytics.writer import AnalyticsMetrics, AnalyticsWriter
 from app.api.analytics import create_analytics_router
 from app.api.routes import create_api
+from app.auth import SCOPE_KEY, ApiKeys, presented_key, without_credentials
 from app.config import Settings
 from app.exchange import Recorder, Sink
 from app.logs import AccessLog
 from app.metrics.categories import Categoriser
 from app.metrics.instruments import Instruments
 from app.metrics.poller import LoadedModelsCollector, ModelPoller
+from app.proxy.errors import error_body, send_error_answer
 from app.proxy.relay import Forwarder
 from app.proxy.upstream import Upstream
 from app.service.supervisor import OllamaSupervisor
@@ -69,6 +75,15 @@ class ProxyApp:
                 on_restart=restarts.inc,
                 extra_env=settings.ollama_env,
             )
+        self.keys = ApiKeys.configured(settings.api_keys_value, settings.proxy_api_keys_file)
+        self.auth_failures = Counter(
+            "ollama_proxy_auth_failures",
+            "Proxied requests refused for want of a valid API key (PROXY_API_KEYS).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("missing", "invalid"):
+            self.auth_failures.labels(reason)  # exported as 0 from the start: alertable
         self.categoriser = (
             Categoriser.from_file(settings.prompt_category_rules)
             if settings.prompt_category_rules
@@ -99,23 +114,32 @@ class ProxyApp:
             connect_timeout=settings.upstream_connect_timeout,
             max_connections=settings.upstream_max_connections,
         )
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        # /test and the /api/ps poller use the URL without its credentials (httpx logs every
+        # URL it requests); the credentials travel as a header, as on the forwarded requests.
+        auth = self.upstream.authorization
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0), headers={"Authorization": auth} if auth else None
+        )
         self.poller: ModelPoller | None = None
         if settings.ps_poll_interval > 0:
             self.poller = ModelPoller(
                 http=self.http,
-                url=settings.ollama_upstream,
+                url=self.upstream.public_url,
                 interval=settings.ps_poll_interval,
                 collector=LoadedModelsCollector(registry=self.registry),
                 on_result=lambda ok: self.instruments.upstream_up.set(1 if ok else 0),
             )
         self.forwarder = Forwarder(self.upstream, self.recorder)
+        # Under a base path (an upstream gateway, http://gw/ollama), a "/../x" target would
+        # leave Ollama's API on a gateway that normalises paths; at the root it cannot.
+        self.guard_dots = bool(self.upstream.base_path)
         self.api = create_api(
             upstream_url=self.upstream.public_url,
-            check_url=settings.ollama_upstream,
+            check_url=self.upstream.public_url,
             registry=self.registry,
             instruments=self.instruments,
             http=self.http,
+            metrics_token=_secret(settings.metrics_token),
         )
         token = settings.analytics_token
         self.api.include_router(
@@ -127,14 +151,64 @@ class ProxyApp:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (
-            scope["path"] in OWN_PATHS or scope["path"].startswith(OWN_PREFIX)
-        ):
-            await self.api(scope, receive, send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path in OWN_PATHS or path.startswith(OWN_PREFIX):
+                if path == "/test" and self.keys is not None and not self._admit(scope):
+                    await self._refuse(scope, send)
+                    return
+                await self.api(scope, receive, send)
+                return
+            if self.keys is not None and not self._admit(scope):
+                await self._refuse(scope, send)
+                return
+            if self.guard_dots and has_dot_segment(scope.get("raw_path") or path.encode()):
+                await send_error_answer(
+                    send, 400, error_body(path, "the path must not contain . or .. segments")
+                )
+                return
+            await self.forwarder(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
+            if self.keys is not None and not self._admit(scope):
+                # Ollama speaks no WebSocket; without a key there is nothing to say either.
+                await send({"type": "websocket.close", "code": 1008})
+                return
             await self.forwarder(scope, receive, send)
+
+    def _admit(self, scope: Scope) -> bool:
+        """Whether the request presents a configured key; if so its name goes into the scope
+        and the key out of the headers (it is ours: Ollama must not see or log it)."""
+        assert self.keys is not None
+        key, any_credential = presented_key(scope["headers"])
+        name = self.keys.name_of(key) if key is not None else None
+        if name is None:
+            if _is_preflight(scope):
+                # Browsers send CORS preflights without credentials; Ollama answers them
+                # (allowed or not, by OLLAMA_ORIGINS) and runs nothing.
+                return True
+            reason = "invalid" if any_credential else "missing"
+            self.auth_failures.labels(reason).inc()
+            client = scope.get("client")
+            log.info(
+                "refused %s %s from %s: %s API key",
+                scope.get("method", "WEBSOCKET"),
+                scope["path"],
+                client[0] if client else "?",
+                reason,
+            )
+            return False
+        scope[SCOPE_KEY] = name
+        scope["headers"] = without_credentials(scope["headers"])
+        return True
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        """401 in the error shape the path's clients parse; the request body is never read."""
+        body = error_body(
+            scope["path"], "unauthorized: this proxy needs Authorization: Bearer <API key>"
+        )
+        await send_error_answer(send, 401, body, [(b"www-authenticate", b'Bearer realm="ollama"')])
 
     async def startup(self) -> None:
         if self.supervisor is not None:
@@ -195,6 +269,27 @@ def build_backends(settings: Settings) -> tuple[SqlStore | None, list[Backend]]:
     if "loki" in names and settings.loki_url:
         backends.append(LokiBackend(settings.loki_url, tenant=settings.loki_tenant))
     return store, backends
+
+
+def _is_preflight(scope: Scope) -> bool:
+    return scope.get("method") == "OPTIONS" and any(
+        name == b"access-control-request-method" for name, _ in scope["headers"]
+    )
+
+
+def has_dot_segment(raw_path: bytes) -> bool:
+    """Whether a request target holds a ``.`` or ``..`` segment, percent-encoded or not
+    (and counting ``\\`` as a separator, as some servers do)."""
+    path = raw_path.partition(b"?")[0].lower()
+    if b"." not in path and b"%2e" not in path:
+        return False
+    path = path.replace(b"%2e", b".").replace(b"%2f", b"/").replace(b"%5c", b"/")
+    path = path.replace(b"\\", b"/")
+    return any(segment in (b".", b"..") for segment in path.split(b"/"))
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None and value.get_secret_value() else None
 
 
 def upstream_address(url: str) -> str:

@@ -78,6 +78,7 @@ class ExchangeRecord:
     request_bytes: int = 0
     response_bytes: int = 0
     usage_injected: bool = False
+    api_key: str | None = None  # the NAME of the API key the request presented (app.auth)
 
     @property
     def prompt_tokens_per_second(self) -> float | None:

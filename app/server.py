@@ -57,6 +57,10 @@ class _HeadHoldingTransport:
         self._flush()
         self._transport.close()
 
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
     def abort(self) -> None:
         self._held = None
         self._transport.abort()
@@ -65,11 +69,55 @@ class _HeadHoldingTransport:
         return getattr(self._transport, name)
 
 
+# Ollama (Go's net/http) answers a request head beyond 1 MiB (+4 KiB slack) with 431;
+# httptools has no limit at all, so a client could make the proxy hold any amount.
+MAX_HEAD_BYTES = (1 << 20) + 4096
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8"
+    b"\r\ncontent-length: 35\r\nconnection: close\r\n\r\n431 Request Header Fields Too Large"
+)
+
+
 class ProxyHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a ``_HeadHoldingTransport``."""
+    """uvicorn's httptools protocol on a ``_HeadHoldingTransport``, with Ollama's limit on
+    the size of a request head."""
+
+    # Bytes of the request head read so far; -1 within a body, -2 once a head is refused.
+    _head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_HeadHoldingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_bytes < 0:
+            if self._head_bytes == -1:
+                super().data_received(data)
+            return
+        room = MAX_HEAD_BYTES - self._head_bytes
+        self._head_bytes += len(data)
+        if len(data) <= room:
+            super().data_received(data)
+            return
+        super().data_received(data[:room])
+        if self.transport.is_closing():
+            return
+        if self._head_bytes > MAX_HEAD_BYTES:  # no callback reset it: the head goes on
+            self._head_bytes = -2
+            # Answered as Go does: the answer, then a while for the client to read it
+            # before the connection closes (closing on unread data would reset it).
+            self.transport.write(_TOO_LARGE)
+            self.transport.write_eof()
+            self.loop.call_later(1.0, self.transport.close)
+        else:  # the head ended within the limit: the rest is its body or the next request
+            self.data_received(data[room:])
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = -1
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._head_bytes = 0
+        super().on_message_complete()
 
 
 def uvicorn_config(settings: Settings, *, ollama_binary: str | None = None) -> uvicorn.Config:
@@ -89,7 +137,9 @@ def uvicorn_config(settings: Settings, *, ollama_binary: str | None = None) -> u
         # The client address is the socket peer; X-Forwarded-* is not trusted by default.
         proxy_headers=False,
         log_config=None,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        # As given: int() turned 0.5 into 0 and `or None` made 0 mean "wait forever".
+        # uvicorn hands it to asyncio.wait_for, which takes any float (0: cut at once).
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]
         # Ollama's clients keep connections open between turns.
         timeout_keep_alive=75,
     )

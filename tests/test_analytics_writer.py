@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from app.analytics.rows import RejectedRows, to_row
@@ -225,3 +226,39 @@ def test_a_batch_too_big_for_the_backend_is_split_until_it_fits() -> None:
         )
         == 0
     )
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_record_the_store_cannot_take_is_dropped_alone_and_counted(
+    kind: str, tmp_path: Path, postgres: PostgresDatabases
+) -> None:
+    url = database_url(postgres.create() if kind == "postgresql" else None, tmp_path)
+    store = SqlStore(create_store_engine(url))
+    registry = CollectorRegistry()
+    writer = writer_for(store, registry, batch_size=64)
+    # NUL (which PostgreSQL text cannot hold) and a lone surrogate (not UTF-8) are stored as
+    # U+FFFD; a count past any integer column is refused by the store itself, every time.
+    odd = sample_record(model="llama\x00x", prompt="nul \x00 and \ud800 here")
+    poison = sample_record(prompt="poison", prompt_tokens=2**70)
+    good = [sample_record(prompt=f"good {i}") for i in range(40)]
+    records = [*good[:20], odd, poison, *good[20:]]
+
+    async def scenario() -> None:
+        await writer.start()
+        for record in records:
+            writer.finished(record)
+        await until(
+            lambda: (
+                value(registry, "ollama_analytics_dropped_total", backend=kind, reason="rejected")
+                == 1
+            )
+        )
+        await writer.stop(drain_seconds=30)
+
+    asyncio.run(scenario())
+    rows, _ = store.search(SearchQuery(limit=100))
+    assert {row["id"] for row in rows} == {r.id for r in records} - {poison.id}
+    stored = next(row for row in rows if row["id"] == odd.id)
+    assert (stored["model"], stored["prompt"]) == ("llama\ufffdx", "nul \ufffd and \ufffd here")
+    assert value(registry, "ollama_analytics_records_written_total", backend=kind) == 41
+    store.close()

@@ -139,10 +139,10 @@ def test_db_commands_migrate_the_sqlite_store(tmp_path: Path) -> None:
     env = {**os.environ, "ANALYTICS_DIR": str(tmp_path)}
     current = run("db", "current", env=env)
     assert current.returncode == 0
-    assert "at base (newest: 0002)" in current.stdout
+    assert "at base (newest: 0003)" in current.stdout
     upgraded = run("db", "upgrade", env=env)
     assert upgraded.returncode == 0
-    assert "at 0002 (newest: 0002)" in upgraded.stdout
+    assert "at 0003 (newest: 0003)" in upgraded.stdout
     assert (tmp_path / "analytics.db").exists()
     downgraded = run("db", "downgrade", "base", env=env)
     assert "at base" in downgraded.stdout
@@ -157,7 +157,7 @@ def test_db_upgrade_with_percent_signs_in_the_url(
     folder.mkdir()
     upgraded = run("db", "upgrade", env={**os.environ, "ANALYTICS_DIR": str(folder)})
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "at 0002 (newest: 0002)" in upgraded.stdout
+    assert "at 0003 (newest: 0003)" in upgraded.stdout
     url = make_url(postgres.create()).set(password="p@ss%w0rd")  # trust auth ignores it
     env = {**os.environ, "ANALYTICS_DATABASE_URL": url.render_as_string(hide_password=False)}
     upgraded = run("db", "upgrade", env=env)

@@ -14,7 +14,8 @@ anything else is ``other``, so clients sending junk names cannot create streams.
 What :class:`LokiBackend` guarantees:
 
 - Failures raise. :class:`LokiError` (unreachable, timeout, 429, 5xx, any other non-2xx such as
-  401/403/404 from a misconfiguration) means "retry the same batch later". Its subclass
+  401/403/404 from a misconfiguration) means "retry the same batch later" (not before its
+  ``retry_after``, from Loki's ``Retry-After`` header, when it sent one). Its subclass
   :class:`LokiRejected` (400: Loki refused entries, e.g. too old, too long, out of order; 413:
   batch too large) means retrying the same batch cannot succeed; it is a ``RejectedRows``, so
   the writer drops the batch and counts it. Loki keeps the valid entries of a push and answers
@@ -32,6 +33,7 @@ so the URL that httpx logs carries none) are sent as headers and never logged.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import re
 import time
@@ -60,9 +62,13 @@ Stream = dict[str, Any]
 class LokiError(Exception):
     """The push failed; the same batch may succeed later (retry it)."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status  # Loki's HTTP status; None when no answer came
+        # Seconds Loki asked us to wait (Retry-After of a 429/503); the writer honours it.
+        self.retry_after = retry_after
 
 
 class LokiRejected(LokiError, RejectedRows):
@@ -204,4 +210,22 @@ def _check(response: httpx.Response) -> None:
     message = f"Loki answered {status}: {response.text[:_EXCERPT]}"
     if status in _REJECTED:
         raise LokiRejected(message, status=status)
-    raise LokiError(message, status=status)
+    raise LokiError(message, status=status, retry_after=retry_after(response))
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The wait a ``Retry-After`` header asks for, in seconds (delta or HTTP date)."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(when.timestamp() - time.time(), 0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Protocol
 
 from app.record import ExchangeRecord
@@ -31,9 +32,20 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+# What no store can hold: NUL (PostgreSQL text) and lone surrogates (not UTF-8; only a JSON
+# escape such as \ud800 makes one). Each becomes U+FFFD in the stored text.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 def cap(text: str, limit: int) -> tuple[str, bool]:
-    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary)."""
-    data = text.encode("utf-8", "surrogatepass")
+    """``text`` made storable and cut to at most ``limit`` UTF-8 bytes (on a character
+    boundary)."""
+    text = storable(text)
+    data = text.encode("utf-8")
     if len(data) <= limit:
         return text, False
     return data[:limit].decode("utf-8", "ignore"), True
@@ -63,18 +75,19 @@ def to_row(record: ExchangeRecord, *, store_prompts: bool, max_text_bytes: int) 
     return {
         "id": record.id,
         "timestamp": record.timestamp,
-        "method": record.method[:16],
-        "path": record.path[:2048],
+        "method": storable(record.method[:16]),
+        "path": storable(record.path[:2048]),
         "endpoint": record.endpoint,
-        "model": record.model[:255],
+        "model": storable(record.model[:255]),
         "category": record.category,
         "client": record.client[:64],
-        "user_agent": record.user_agent[:1024],
+        "user_agent": storable(record.user_agent[:1024]),
+        "api_key": record.api_key,
         "status": record.status,
         "streamed": record.streamed,
         **texts,
         "upstream_error": record.upstream_error,
-        "done_reason": record.done_reason[:32] if record.done_reason else None,
+        "done_reason": storable(record.done_reason[:32]) if record.done_reason else None,
         "cancelled": record.cancelled,
         "truncated": truncated,
         "duration_s": record.duration_s,

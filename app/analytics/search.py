@@ -55,6 +55,7 @@ class SearchQuery:
     endpoint: str | None = None
     category: str | None = None
     status: int | None = None
+    api_key: str | None = None  # a key's name
     prompt_search: str | None = None
     start_time: float | None = None
     end_time: float | None = None
@@ -85,7 +86,7 @@ def _filters(query: SearchQuery) -> tuple[list[ColumnElement[bool]], str | None,
     """Conditions, and the id range [low, high) they imply (None: unbounded)."""
     c = requests.c
     conditions: list[ColumnElement[bool]] = []
-    for name in ("model", "endpoint", "category", "status"):
+    for name in ("model", "endpoint", "category", "status", "api_key"):
         value = getattr(query, name)
         if value is not None:
             conditions.append(c[name] == value)

@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, text
+from sqlalchemy import Engine, create_engine, delete, event, exc, insert, select, text
 from sqlalchemy.engine import make_url
 
 from app.analytics import rollups, search, stats
 from app.analytics.migrate import upgrade
+from app.analytics.rows import RejectedRows
 from app.analytics.search import SearchQuery
 from app.analytics.tables import hourly, hourly_clients, hourly_latency, requests
 from app.config import Settings
@@ -85,6 +86,13 @@ class SqlStore:
         if not rows:
             return
         self.migrate()
+        try:
+            self._insert(rows)
+        except (exc.DataError, UnicodeError, OverflowError) as error:
+            # The data, not the store: the same rows would fail on every retry.
+            raise RejectedRows(str(error).splitlines()[0]) from error
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
         with self.engine.begin() as connection:
             ids = [row["id"] for row in rows]
             present = set(connection.scalars(select(requests.c.id).where(requests.c.id.in_(ids))))

@@ -43,6 +43,7 @@ requests = Table(
     Column("category", String(32), nullable=False),
     Column("client", String(64), nullable=False),
     Column("user_agent", Text, nullable=False),
+    Column("api_key", String(64)),  # the key's name (app.auth), never the key
     Column("status", Integer, nullable=False),
     Column("streamed", Boolean, nullable=False),
     Column("prompt", Text, nullable=False),
@@ -71,6 +72,7 @@ requests = Table(
     Index("ix_requests_endpoint_id", "endpoint", "id"),
     Index("ix_requests_category_id", "category", "id"),
     Index("ix_requests_status_id", "status", "id"),
+    Index("ix_requests_api_key_id", "api_key", "id"),
 )
 
 # Per hour (Unix seconds, a multiple of 3600) and model, category and endpoint: the sums

@@ -4,7 +4,9 @@
 and appends it to one queue per backend without waiting. Each backend has its own lane
 (queue + task), so a slow or failing Loki never holds back SQLite. A lane whose backend
 fails keeps its batch and retries it with exponential backoff while new records wait in the
-queue; only when a queue is full are records dropped, and every drop is counted.
+queue; only when a queue is full are records dropped, and every drop is counted. A failure
+that says how long to wait (a ``retry_after`` attribute, as Loki's 429 carries) holds the
+lane's next attempt back at least that long.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from app.record import ExchangeRecord
 log = logging.getLogger(__name__)
 
 DROP_REASONS = ("queue_full", "rejected", "shutdown")
+# The longest a backend's Retry-After is honoured; beyond it the usual backoff applies.
+MAX_RETRY_AFTER = 300.0
 
 
 class AnalyticsMetrics:
@@ -66,6 +70,7 @@ class _Lane:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.failing_since: float | None = None
+        self.resume_at = 0.0  # monotonic time before which the backend asked not to be tried
         metrics.queue_depth.labels(backend.name).set_function(
             lambda: len(self.items) + len(self.batch)
         )
@@ -176,11 +181,21 @@ class AnalyticsWriter:
         backoff = 0.5
         failures = 0
         while True:
+            wait = lane.resume_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             try:
                 await asyncio.to_thread(lane.backend.write, rows)
             except RejectedRows as exc:
-                log.error("analytics: %s rejected %d records: %s", name, len(rows), exc)
-                self.metrics.dropped.labels(name, "rejected").inc(len(rows))
+                if len(rows) > 1:
+                    # One record the store cannot take must not take its batch with it:
+                    # halves are tried until it is alone, then it alone is dropped.
+                    half = len(rows) // 2
+                    await self._write_rows(lane, rows[:half])
+                    await self._write_rows(lane, rows[half:])
+                    return
+                log.error("analytics: %s rejected a record (%s): %s", name, rows[0]["id"], exc)
+                self.metrics.dropped.labels(name, "rejected").inc()
                 return
             except Exception as exc:
                 self.metrics.write_errors.labels(name).inc()
@@ -188,6 +203,9 @@ class AnalyticsWriter:
                 if lane.failing_since is None:
                     lane.failing_since = time.monotonic()
                     log.warning("analytics: writing to %s failed, will retry: %s", name, exc)
+                hint = getattr(exc, "retry_after", None)
+                if isinstance(hint, int | float) and hint > 0:
+                    lane.resume_at = time.monotonic() + min(float(hint), MAX_RETRY_AFTER)
                 if failures >= 3 and len(rows) > 1:
                     half = len(rows) // 2
                     await self._write_rows(lane, rows[:half])

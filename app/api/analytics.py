@@ -4,15 +4,14 @@ No ``from __future__ import annotations`` here: FastAPI reads the route signatur
 definition time, and they name dependencies local to ``create_analytics_router``.
 """
 
-import hmac
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel
 
 from app.analytics.sql import SearchQuery, SqlStore
+from app.api.guards import bearer_guard
 from app.ollama.models import normalise_model
 
 _ULID = r"^[0-9A-HJKMNP-TV-Z]{26}$"
@@ -29,6 +28,7 @@ class RecordSummary(BaseModel):
     category: str
     client: str
     user_agent: str
+    api_key: str | None  # the name of the API key the request presented, never the key
     status: int
     streamed: bool
     prompt: str
@@ -71,6 +71,22 @@ def _present(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _reject_nul(values: dict[str, str | None]) -> None:
+    """No stored value holds NUL, and PostgreSQL refuses it in a parameter: a clear 422."""
+    for name, value in values.items():
+        if value is not None and "\x00" in value:
+            raise HTTPException(
+                422,
+                detail=[
+                    {
+                        "loc": ["query", name],
+                        "msg": "must not contain NUL characters",
+                        "type": "value_error",
+                    }
+                ],
+            )
+
+
 def parse_time(value: str | None, name: str) -> float | None:
     """Unix seconds or ISO-8601 (a missing zone means UTC); a clear 422 otherwise."""
     if value is None or value == "":
@@ -101,20 +117,8 @@ def parse_time(value: str | None, name: str) -> float | None:
 def create_analytics_router(
     *, store: SqlStore | None, token: str | None, backends: tuple[str, ...]
 ) -> APIRouter:
-    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
-            return
-        given = authorization or ""
-        scheme, _, secret = given.partition(" ")
-        # Compared in constant time: the token guards every stored prompt.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            secret.strip().encode(), token.encode()
-        ):
-            raise HTTPException(
-                401,
-                detail="analytics needs Authorization: Bearer <ANALYTICS_TOKEN>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    # The token guards every stored prompt; compared in constant time.
+    authorised = bearer_guard(token, "ANALYTICS_TOKEN", "analytics")
 
     def sql_store() -> SqlStore:
         if store is None:
@@ -139,6 +143,9 @@ def create_analytics_router(
         endpoint: str | None = Query(None, max_length=200),
         category: str | None = Query(None, max_length=64),
         status: int | None = Query(None, ge=100, le=599),
+        key: str | None = Query(
+            None, max_length=64, description="Name of the API key the requests presented."
+        ),
         prompt_search: str | None = Query(
             None, max_length=1000, description="Words that must all occur in prompt or response."
         ),
@@ -148,11 +155,14 @@ def create_analytics_router(
         limit: int = Query(50, ge=1, le=1000),
         cursor: str | None = Query(None, pattern=_ULID, description="next_cursor of a page."),
     ) -> SearchResult:
+        texts = {"model": model, "endpoint": endpoint, "category": category, "key": key}
+        _reject_nul({**texts, "prompt_search": prompt_search})
         query = SearchQuery(
             model=normalise_model(model) if model else None,
             endpoint=endpoint,
             category=category,
             status=status,
+            api_key=key,
             prompt_search=prompt_search,
             start_time=parse_time(start_time, "start_time"),
             end_time=parse_time(end_time, "end_time"),
@@ -165,10 +175,14 @@ def create_analytics_router(
             records=[RecordSummary(**_present(row)) for row in rows], next_cursor=next_cursor
         )
 
-    @router.get("/records/{record_id}", summary="One full record")
-    def record(db: Store, record_id: str) -> Record:
-        if not re.fullmatch(_ULID, record_id):
-            raise HTTPException(422, detail="record_id must be a 26-character record id")
+    @router.get(
+        "/records/{record_id}",
+        summary="One full record",
+        responses={404: {"description": "No record has this id."}},
+    )
+    def record(
+        db: Store, record_id: Annotated[str, Path(pattern=_ULID, description="A record's id.")]
+    ) -> Record:
         row = db.get(record_id)
         if row is None:
             raise HTTPException(404, detail=f"no record {record_id}")

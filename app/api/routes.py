@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from typing import Annotated
+from urllib.parse import unquote, urlsplit
 
 import httpx
-from fastapi import APIRouter, FastAPI, Header, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Response
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 
 from app import __version__
+from app.api.guards import bearer_guard
 from app.metrics.instruments import Instruments
 
 
@@ -26,6 +28,15 @@ class ChainCheck(BaseModel):
     error: str | None = None
 
 
+def _redact(text: str, secret_url: str, public_url: str) -> str:
+    text = text.replace(secret_url, public_url)
+    password = urlsplit(secret_url).password
+    if password:
+        for form in {password, unquote(password)}:
+            text = text.replace(form, "***")
+    return text
+
+
 def create_api(
     *,
     upstream_url: str,
@@ -33,8 +44,14 @@ def create_api(
     registry: CollectorRegistry,
     instruments: Instruments,
     http: httpx.AsyncClient,
+    metrics_token: str | None = None,
 ) -> FastAPI:
-    """``upstream_url`` is shown to users; ``check_url`` (which may carry credentials) is used."""
+    """``upstream_url`` is shown to users; ``check_url`` (which may carry credentials) is used.
+
+    ``/metrics`` needs ``metrics_token`` as a Bearer token when it is set. ``/test`` is guarded
+    by the API keys in ``ProxyApp`` (it reaches Ollama like a proxied request); ``/docs`` and
+    ``/openapi.json`` describe only these endpoints and hold no data, so they stay open.
+    """
     api = FastAPI(
         title="Ollama Metrics Proxy",
         version=__version__,
@@ -42,7 +59,14 @@ def create_api(
     )
     router = APIRouter()
 
-    @router.get("/metrics", summary="Prometheus exposition", response_class=Response)
+    metrics_guard = [Depends(bearer_guard(metrics_token, "METRICS_TOKEN", "/metrics"))]
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus exposition",
+        response_class=Response,
+        dependencies=metrics_guard,
+    )
     def metrics(accept: Annotated[str | None, Header()] = None) -> Response:
         encoder, content_type = choose_encoder(accept or "")
         return Response(content=encoder(registry), media_type=content_type)
@@ -60,7 +84,8 @@ def create_api(
                 proxy_version=__version__,
                 upstream=upstream_url,
                 upstream_reachable=False,
-                error=f"{type(exc).__name__}: {exc}",
+                # httpx names the URL in some errors; the credentials it may carry stay out.
+                error=_redact(f"{type(exc).__name__}: {exc}", check_url, upstream_url),
             )
         instruments.upstream_up.set(1)
         return ChainCheck(

@@ -9,6 +9,7 @@ receives, so the client sees the stream it would have seen without the proxy.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +34,11 @@ def read_request(
 ) -> tuple[RequestFacts, bytes]:
     """The facts of a request body, and the body to send upstream (rewritten or the same).
 
-    A body that is not a JSON object is Ollama's to refuse: it is passed on untouched.
+    The body is read as Ollama's Go decoder reads it. One that is not a JSON object is
+    Ollama's to refuse: it is passed on untouched, and so is any body that the rewrite could
+    not reproduce exactly (see ``_decode``).
     """
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return NO_FACTS, body
+    data, exact = _decode(body)
     if not isinstance(data, dict):
         return NO_FACTS, body
     model = data.get("model")
@@ -52,18 +52,64 @@ def read_request(
         stream=stream,
         prompt=_prompt(endpoint, data),
     )
-    if inject_usage and stream and endpoint.shape in ("openai_chat", "openai_completions"):
+    openai_stream = stream and endpoint.shape in ("openai_chat", "openai_completions")
+    if inject_usage and exact and openai_stream:
         options = data.get("stream_options")
         if not isinstance(options, dict):
             options = {}
         if options.get("include_usage") is not True:
             data["stream_options"] = {**options, "include_usage": True}
-            rewritten = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-            return (
-                RequestFacts(facts.model, facts.stream, facts.prompt, usage_injected=True),
-                rewritten,
-            )
+            rewritten = _encode(data)
+            if rewritten is not None:
+                return (
+                    RequestFacts(facts.model, facts.stream, facts.prompt, usage_injected=True),
+                    rewritten,
+                )
     return facts, body
+
+
+_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # what JSON allows around a value
+
+
+def _decode(body: bytes) -> tuple[Any, bool]:
+    """The JSON value at the start of ``body`` as Go's ``json.Decoder`` reads it (which is
+    how Ollama reads requests), or None; and whether re-encoding it gives the same request.
+
+    Go replaces invalid UTF-8 in strings by U+FFFD, and its decoder reads the first value
+    and leaves whatever follows: both are read here too, but such a body is not exact (a
+    rewrite would change it beyond the injected field). A byte order mark or UTF-16 is an
+    error to Go, unlike to ``json.loads``. Nesting deeper than Python's stack is left to
+    Ollama unread.
+    """
+    exact = True
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = body.decode("utf-8", "replace")
+        exact = False
+    try:
+        data, end = _DECODER.raw_decode(text, _skip_whitespace(text, 0))
+    except (ValueError, RecursionError):
+        return None, False
+    return data, exact and _skip_whitespace(text, end) == len(text)
+
+
+def _skip_whitespace(text: str, start: int) -> int:
+    match = _WHITESPACE.match(text, start)
+    return start if match is None else match.end()
+
+
+def _encode(data: dict[str, Any]) -> bytes | None:
+    """``data`` as compact JSON, or None if it holds what JSON cannot say (NaN, 1e400)."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (the client wrote "\\ud800"): escaped again as it came.
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+    except (ValueError, RecursionError):
+        return None
 
 
 def _prompt(endpoint: Endpoint, data: dict[str, Any]) -> str:

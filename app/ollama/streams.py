@@ -28,7 +28,7 @@ _SCAN: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
 )
 
 
-def parse_json(data: bytes) -> Any:
+def parse_json(data: bytes | bytearray) -> Any:
     """``json.loads(data)``, three times faster on the small objects of a stream.
 
     ``json.loads`` spends more time detecting the encoding of bytes and in its Python-level
@@ -39,16 +39,49 @@ def parse_json(data: bytes) -> Any:
     try:
         text = data.decode("utf-8").strip(" \t\n\r")  # the whitespace JSON allows around
         obj, end = _SCAN(text, 0)
-    except (ValueError, StopIteration):
-        return json.loads(data)
+    except (ValueError, StopIteration, RecursionError):
+        return _loads(data)
     if end != len(text):
-        return json.loads(data)  # raises: extra data
+        return _loads(data)  # raises: extra data
     return obj
 
 
-# A line or event longer than this is skipped rather than held (a final generate chunk with
-# a 128k-token context is about 1 MB).
-MAX_LINE_BYTES = 64 * 1024 * 1024
+def _loads(data: bytes | bytearray) -> Any:
+    try:
+        return json.loads(data)
+    except RecursionError as exc:  # nested deeper than the stack: no answer of Ollama's
+        raise ValueError("JSON nested too deeply") from exc
+
+
+# A code point that UTF-8 cannot encode: only a JSON escape such as \ud800 makes one.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` with any lone surrogate replaced by U+FFFD, so that it can be stored.
+
+    Decoded bytes never hold one, but JSON may escape one (a broken upstream, a model's
+    split emoji); a database driver then refuses the whole record.
+    """
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _valid_json(value: Any) -> Any:
+    """A parsed JSON value with every string made ``valid_text``."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, list):
+        return [_valid_json(item) for item in value]
+    if isinstance(value, dict):
+        return {valid_text(key): _valid_json(item) for key, item in value.items()}
+    return value
+
+
+# A line or event longer than this is skipped rather than held: it passes on to the client
+# untouched, but its text is not read (a final generate chunk with a 128k-token context is
+# about 1 MB; a single token is a few bytes). Parsing costs about three times the line in
+# memory, so this bounds what one broken upstream line can make the proxy hold.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 class TextBuffer:
@@ -82,7 +115,7 @@ class TextBuffer:
         self.add(text)
 
     def __str__(self) -> str:
-        return "".join(self.parts)
+        return valid_text("".join(self.parts))
 
 
 @dataclass(slots=True)
@@ -122,7 +155,7 @@ class Answer:
             self.thinking.add(thinking)
             got = True
         if isinstance(tools, list) and tools:
-            self.tool_calls.extend(tools)
+            self.tool_calls.extend(_valid_json(tools))
             got = True
         if got and self.first_token_at is None:
             self.first_token_at = now
@@ -135,17 +168,25 @@ class Reader(Protocol):
 
 
 def _int(value: object) -> int:
-    # Go omits zero metrics (omitempty): absent means 0 on a final chunk.
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    # Go omits zero metrics (omitempty): absent means 0 on a final chunk. Counts and
+    # durations are Go int64s, never negative: anything else would break a Prometheus
+    # counter or a BIGINT column, so it counts as absent.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63:
+        return value
+    return 0
 
 
 def _error_text(value: object) -> str | None:
     if isinstance(value, str):
-        return value
+        return valid_text(value)
     if isinstance(value, dict):
         message = value.get("message")
-        return message if isinstance(message, str) else json.dumps(value)
+        return valid_text(message) if isinstance(message, str) else json.dumps(value)
     return None
+
+
+def _reason(value: object) -> str | None:
+    return valid_text(value) if isinstance(value, str) else None
 
 
 def read_native_object(answer: Answer, shape: Shape, obj: dict[str, Any], now: float) -> None:
@@ -163,8 +204,7 @@ def read_native_object(answer: Answer, shape: Shape, obj: dict[str, Any], now: f
         answer.output(now, obj.get("response"), obj.get("thinking"), obj.get("tool_calls"))
     if obj.get("done") is True:
         answer.complete = True
-        reason = obj.get("done_reason")
-        answer.done_reason = reason if isinstance(reason, str) else None
+        answer.done_reason = _reason(obj.get("done_reason"))
         answer.prompt_tokens = _int(obj.get("prompt_eval_count"))
         answer.completion_tokens = _int(obj.get("eval_count"))
         answer.total_duration_ns = _int(obj.get("total_duration"))
@@ -187,12 +227,12 @@ class NdjsonReader:
     def feed(self, chunk: bytes, now: float) -> bytes:
         start = 0
         while (newline := chunk.find(b"\n", start)) >= 0:
-            if self.partial or self.skipping:
+            if self.skipping:
+                self.skipping = False  # the over-long line ends here
+            elif self.partial:
                 self.partial += chunk[start:newline]
-                if not self.skipping:
-                    self._line(bytes(self.partial), now)
+                self._line(self.partial, now)
                 self.partial.clear()
-                self.skipping = False
             else:
                 self._line(chunk[start:newline], now)
             start = newline + 1
@@ -202,15 +242,17 @@ class NdjsonReader:
                 self.partial.clear()
                 self.skipping = True
                 self.answer.malformed += 1
+                # Whatever text the line carried is missing from what is kept.
+                self.answer.text.truncated = True
         return chunk
 
     def end(self, now: float) -> bytes:
         if self.partial and not self.skipping:
-            self._line(bytes(self.partial), now)
+            self._line(self.partial, now)
         self.partial.clear()
         return b""
 
-    def _line(self, line: bytes, now: float) -> None:
+    def _line(self, line: bytes | bytearray, now: float) -> None:
         answer = self.answer
         answer.chunks += 1
         if self.shape not in ("generate", "chat") and not (
@@ -253,12 +295,16 @@ class SseReader:
         self.partial = bytearray()
 
     def feed(self, chunk: bytes, now: float) -> bytes:
+        # Only the new bytes (and the one before them) can complete an event: a long event
+        # is not searched again with every chunk.
+        searched = max(len(self.partial) - 1, 0)
         self.partial += chunk
-        end = self.partial.rfind(b"\n\n")
+        end = self.partial.rfind(b"\n\n", searched)
         if end < 0:
             if len(self.partial) > MAX_LINE_BYTES:
                 # Not an event anyone can read: pass it on unread rather than hold it.
                 self.answer.malformed += 1
+                self.answer.text.truncated = True
                 held = bytes(self.partial)
                 self.partial.clear()
                 return held if self.strip_usage else chunk
@@ -333,7 +379,7 @@ class SseReader:
                     )
             reason = choice.get("finish_reason")
             if isinstance(reason, str):
-                answer.done_reason = reason
+                answer.done_reason = valid_text(reason)
         if isinstance(usage, dict) and not choices:
             answer.prompt_tokens = _int(usage.get("prompt_tokens"))
             answer.completion_tokens = _int(usage.get("completion_tokens"))
@@ -364,7 +410,7 @@ def read_anthropic_event(answer: Answer, name: str, obj: dict[str, Any], now: fl
     elif name == "message_delta":
         delta = obj.get("delta")
         if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
-            answer.done_reason = delta["stop_reason"]
+            answer.done_reason = valid_text(delta["stop_reason"])
         usage = obj.get("usage")
         if isinstance(usage, dict):
             if "input_tokens" in usage:
@@ -443,7 +489,7 @@ def read_json_answer(answer: Answer, shape: Shape, obj: dict[str, Any], now: flo
             else:
                 answer.output(now, choice.get("text"), None, None)
             if isinstance(choice.get("finish_reason"), str):
-                answer.done_reason = choice["finish_reason"]
+                answer.done_reason = valid_text(choice["finish_reason"])
     elif shape == "anthropic_messages":
         usage = obj.get("usage")
         if isinstance(usage, dict):
@@ -459,7 +505,7 @@ def read_json_answer(answer: Answer, shape: Shape, obj: dict[str, Any], now: flo
                 elif kind == "tool_use":
                     answer.output(now, None, None, [block])
         if isinstance(obj.get("stop_reason"), str):
-            answer.done_reason = obj["stop_reason"]
+            answer.done_reason = valid_text(obj["stop_reason"])
 
 
 def reader_for(

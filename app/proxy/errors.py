@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import secrets
 import socket
 import ssl
+
+from app.types import Send
 
 
 class UpstreamError(Exception):
@@ -71,20 +74,45 @@ def error_body(path: str, message: str) -> bytes:
     return json.dumps(error_payload(path, message), separators=(",", ":")).encode()
 
 
-def stream_error_event(path: str, content_type: bytes, message: str) -> bytes | None:
+def stream_error_event(
+    path: str, content_type: bytes, message: str, *, after: bytes = b""
+) -> bytes | None:
     """The last event to send when Ollama breaks off a stream that has already begun.
 
     Ollama itself reports a failure mid-stream as one more NDJSON line ``{"error": ...}``, and
     every Ollama client handles that; OpenAI clients raise on a ``data:`` event carrying
     ``error``, Anthropic clients on an ``error`` event. For any other body there is no honest
     way to say it, so the caller drops the connection instead.
+
+    ``after`` is the end of what the client already got (its last two bytes): when Ollama
+    broke off in the middle of a line or event, that one is ended first, so that the error
+    stands on a line (event) of its own instead of being glued to a fragment.
     """
     ctype = content_type.lower()
     if ctype.startswith(b"application/x-ndjson"):
-        return json.dumps({"error": message}).encode() + b"\n"
+        ended = not after or after.endswith(b"\n")
+        return (b"" if ended else b"\n") + json.dumps({"error": message}).encode() + b"\n"
     if not ctype.startswith(b"text/event-stream"):
         return None
     data = json.dumps(error_payload(path, message)).encode()
+    if not after or after.endswith(b"\n\n"):
+        start = b""
+    else:
+        start = b"\n" if after.endswith(b"\n") else b"\n\n"
     if api_flavour(path) == "anthropic":
-        return b"event: error\ndata: " + data + b"\n\n"
-    return b"data: " + data + b"\n\n"
+        return start + b"event: error\ndata: " + data + b"\n\n"
+    return start + b"data: " + data + b"\n\n"
+
+
+async def send_error_answer(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A whole JSON error answer from the proxy itself (``body`` from ``error_body``)."""
+    headers = [
+        (b"content-type", b"application/json; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+        (b"date", email.utils.formatdate(usegmt=True).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

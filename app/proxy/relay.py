@@ -7,13 +7,12 @@ more per request than the whole relay (see the note on issue 2 and ``bench/``).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 from app.proxy.connection import Response
-from app.proxy.errors import UpstreamError, error_body, stream_error_event
+from app.proxy.errors import UpstreamError, error_body, send_error_answer, stream_error_event
 from app.proxy.headers import client_response_headers, request_head
 from app.proxy.upstream import Upstream
 from app.types import Receive, Scope, Send
@@ -72,6 +71,7 @@ class _Exchange:
         "error",
         "error_reason",
         "finished",
+        "last_sent",
         "relay_task",
         "timer",
         "watcher",
@@ -82,6 +82,8 @@ class _Exchange:
         self.error_reason: str | None = None
         self.error: str | None = None
         self.finished = False
+        # The last body piece sent to the client: whether an error event needs a line break.
+        self.last_sent = b""
         self.relay_task = asyncio.current_task()
         self.timer: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Task[None] | None = None
@@ -227,12 +229,18 @@ class Forwarder:
             await send({"type": "http.response.body", "body": body, "more_body": False})
         except UpstreamError as error:
             exchange.error_reason, exchange.error = error.reason, error.message
-            log.warning("%s: %s (mid-response)", path, error.message)
-            held = tap.response_end()
-            tail = stream_error_event(path, response.content_type, error.message)
             exchange.finished = True
             if not started:
-                await send(start)
+                # Ollama broke off a small answer that was being read whole: nothing of it
+                # reached the client, which gets a clean error instead of a cut body.
+                log.warning("%s: %s", path, error.message)
+                tap.response_start(502, _ERROR_HEADERS)
+                await _send_error(send, path, error)
+                return
+            log.warning("%s: %s (mid-response)", path, error.message)
+            held = tap.response_end()
+            after = (exchange.last_sent[-2:] + held)[-2:]
+            tail = stream_error_event(path, response.content_type, error.message, after=after)
             if tail is not None:
                 await send({"type": "http.response.body", "body": held + tail, "more_body": False})
             # Otherwise there is no way to say it in this body: return without completing it,
@@ -252,6 +260,7 @@ class Forwarder:
                 await send({"type": "http.response.body", "body": out, "more_body": False})
                 return
             if out:
+                exchange.last_sent = out
                 await send({"type": "http.response.body", "body": out, "more_body": True})
         exchange.finished = True
         await send({"type": "http.response.body", "body": tap.response_end(), "more_body": False})
@@ -302,17 +311,8 @@ async def _stream_body(
     exchange.watch(receive)
 
 
+_ERROR_HEADERS = [(b"content-type", b"application/json; charset=utf-8")]
+
+
 async def _send_error(send: Send, path: str, error: UpstreamError) -> None:
-    body = error_body(path, error.message)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 502,
-            "headers": [
-                (b"content-type", b"application/json; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                (b"date", email.utils.formatdate(usegmt=True).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await send_error_answer(send, 502, error_body(path, error.message))
