@@ -7,7 +7,7 @@
                   │              │ finished ExchangeRecord
                   │              ▼
                   │         Instruments (app.metrics) ... analytics sinks
-                  └──▶ own API (app.api): /metrics, /test, /analytics/*
+                  └──▶ own API (app.api): /metrics, /test, /analytics/*, /ui
 
 Routing is one set lookup on the hot path: the proxy's own paths go to FastAPI, everything
 else to the forwarder, untouched. With API keys configured (``app.auth``), a proxied request
@@ -49,8 +49,10 @@ from app.types import Receive, Scope, Send
 log = logging.getLogger(__name__)
 
 # Paths Ollama does not serve, answered by the proxy itself.
-OWN_PATHS = frozenset({"/metrics", "/test", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
-OWN_PREFIX = "/analytics/"
+OWN_PATHS = frozenset(
+    {"/metrics", "/test", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/ui"}
+)
+OWN_PREFIX = ("/analytics/", "/ui/")
 
 
 class ProxyApp:

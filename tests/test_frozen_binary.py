@@ -1,7 +1,7 @@
 """The one-file executable (``build/pyinstaller.spec``, built by ``scripts/build-binary.sh``)
 run as a user runs it: whatever it loads by name at run time (uvicorn's loop and protocol,
 SQLAlchemy's dialects, psycopg's compiled driver, Alembic's migration scripts, the prompt
-category rules) must be inside it.
+category rules, the analytics page) must be inside it.
 
 The binary is built once per checkout: ``dist/ollama-metrics`` is reused while it is newer
 than every file it is made from (and than the last package installed into the venv).
@@ -214,6 +214,14 @@ def test_analytics_search_finds_the_record(frozen: Frozen) -> None:
     assert [(r["endpoint"], r["prompt"], r["status"]) for r in records] == [
         ("/api/generate", "What is frozensearch?", 200)
     ]
+
+
+def test_analytics_page_is_inside_the_bundle(frozen: Frozen) -> None:
+    for name in ("index.html", "app.js", "app.css"):
+        answer = httpx.get(f"{frozen.url}/ui/{name}")
+        assert answer.status_code == 200, name
+        assert answer.content == (ROOT / "app" / "ui" / name).read_bytes()
+    assert httpx.get(frozen.url + "/ui", follow_redirects=True).text.startswith("<!doctype html>")
 
 
 def test_db_current(frozen: Frozen, binary: Path) -> None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from app import __version__
 from app.api.guards import bearer_guard
+from app.api.ui import create_ui_router
 from app.metrics.instruments import Instruments
 
 
@@ -97,4 +98,5 @@ def create_api(
         )
 
     api.include_router(router)
+    api.include_router(create_ui_router())
     return api

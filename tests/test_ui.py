@@ -1,0 +1,181 @@
+"""The analytics page (``/ui``) as files and headers, without a browser: served by the proxy
+itself with a strict Content-Security-Policy, complete and offline, open without the
+analytics token while the data stays guarded, and never forwarded to Ollama.
+(``tests/test_ui_browser.py`` drives it in Chromium.)"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.api.ui import CONTENT_SECURITY_POLICY
+from tests.emulator import EmulatorServer
+from tests.support import ROOT, ProxyProcess
+
+PAGE = ROOT / "app" / "ui"
+TOKEN = "ui-test-token"
+KEY = "sk-ui-test-key-0123456789"
+EXPECTED_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-cache",
+}
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+# What a page that works offline and renders data only as text must not contain.
+FORBIDDEN = {
+    "an absolute URL": re.compile(r"https?:", re.IGNORECASE),
+    "a protocol-relative URL (or a // comment that could hide one)": re.compile(r"//"),
+    "a CSS import": re.compile(r"@import", re.IGNORECASE),
+    "an inline event handler": re.compile(r"\son[a-z]+\s*=", re.IGNORECASE),
+}
+CSS_URL = re.compile(r"url\(", re.IGNORECASE)  # (JavaScript's new URL() is fine)
+# Sinks that would parse data as markup or code.
+UNSAFE_JS = re.compile(
+    r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|"
+    r"createContextualFragment|srcdoc"
+)
+
+
+def page_files() -> list[Path]:
+    return sorted(p for p in PAGE.iterdir() if p.suffix in MEDIA_TYPES)
+
+
+@pytest.fixture(scope="module")
+def guarded(emulator: EmulatorServer) -> Iterator[ProxyProcess]:
+    env = {"ANALYTICS_TOKEN": TOKEN, "PS_POLL_INTERVAL": "0", "PROXY_API_KEYS": f"alice:{KEY}"}
+    with ProxyProcess(emulator.url, env=env) as process:
+        yield process
+
+
+def assert_page_headers(answer: httpx.Response) -> None:
+    for name, value in EXPECTED_HEADERS.items():
+        assert answer.headers.get(name) == value, (name, dict(answer.headers))
+
+
+def test_the_policy_is_the_one_documented() -> None:
+    assert EXPECTED_HEADERS["content-security-policy"] == CONTENT_SECURITY_POLICY
+
+
+def test_ui_redirects_to_the_page_relatively(proxy: ProxyProcess) -> None:
+    with proxy.client() as client:
+        answer = client.get("/ui")
+        assert answer.status_code == 307
+        # Relative, so that a reverse proxy's path prefix (/ollama/ui) is kept.
+        assert answer.headers["location"] == "ui/"
+        assert_page_headers(answer)
+        assert client.get("/ui?x=1").headers["location"] == "ui/?x=1"
+        followed = client.get("/ui", follow_redirects=True)
+    assert followed.status_code == 200
+    assert str(followed.url) == proxy.url + "/ui/"
+    assert followed.text == (PAGE / "index.html").read_text(encoding="utf-8")
+
+
+def test_every_file_is_served_with_its_type_and_the_headers(proxy: ProxyProcess) -> None:
+    files = page_files()
+    assert {p.name for p in files} >= {"index.html", "app.js", "app.css"}
+    with proxy.client() as client:
+        for path in files:
+            answer = client.get(f"/ui/{path.name}")
+            assert answer.status_code == 200, path.name
+            assert answer.content == path.read_bytes()
+            assert answer.headers["content-type"] == MEDIA_TYPES[path.suffix]
+            assert_page_headers(answer)
+        index = client.get("/ui/")
+        assert index.status_code == 200
+        assert index.content == (PAGE / "index.html").read_bytes()
+        assert_page_headers(index)
+        head = client.head("/ui/")
+        assert head.status_code == 200
+        assert head.content == b""
+
+
+def test_every_asset_the_page_names_loads(proxy: ProxyProcess) -> None:
+    html = (PAGE / "index.html").read_text(encoding="utf-8")
+    named = re.findall(r'(?:src|href)="([^"]+)"', html)
+    # The empty icon: without it the browser asks for /favicon.ico, which would go to Ollama.
+    assert sorted(named) == ["app.css", "app.js", "data:,"]
+    named.remove("data:,")
+    with proxy.client() as client:
+        for name in named:
+            # Relative to the page's URL, /ui/.
+            assert client.get("/ui/" + name).status_code == 200, name
+
+
+def test_unknown_files_are_404_and_nothing_outside_the_folder_is_reachable(
+    proxy: ProxyProcess,
+) -> None:
+    with proxy.client() as client:
+        for path in ("/ui/nope.js", "/ui/..%2Fmain.py", "/ui/%2e%2e%2fconfig.py", "/ui/a/b.js"):
+            answer = client.get(path)
+            assert answer.status_code == 404, path
+            assert b"import" not in answer.content
+
+
+@pytest.mark.parametrize("path", page_files(), ids=lambda p: p.name)
+def test_the_page_is_offline_and_self_contained(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    for what, pattern in FORBIDDEN.items():
+        found = pattern.search(text)
+        assert found is None, f"{path.name} holds {what}: {text[found.start() - 40 :][:100]!r}"
+    if path.suffix == ".css":
+        assert CSS_URL.search(text) is None
+
+
+def test_the_script_never_parses_data_as_markup() -> None:
+    script = (PAGE / "app.js").read_text(encoding="utf-8")
+    assert UNSAFE_JS.search(script) is None
+    # Data reaches the DOM through textContent and Node.append(string) only.
+    assert "textContent" in script
+    assert ".append(" in script
+
+
+def test_the_page_is_open_but_the_data_needs_the_token(guarded: ProxyProcess) -> None:
+    with guarded.client() as client:
+        # API keys guard the proxied API, not the page: it holds nothing.
+        assert client.get("/api/version").status_code == 401
+        assert client.get("/ui").status_code == 307
+        for name in ("", "app.js", "app.css"):
+            answer = client.get("/ui/" + name)
+            assert answer.status_code == 200, name
+            assert_page_headers(answer)
+        refused = client.get("/analytics/search")
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert client.get("/analytics/stats").status_code == 401
+        allowed = client.get("/analytics/search", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert allowed.status_code == 200
+        assert "records" in allowed.json()
+
+
+def test_the_page_is_never_forwarded_to_ollama(
+    proxy: ProxyProcess, emulator: EmulatorServer
+) -> None:
+    before = len(emulator.requests())
+    with proxy.client() as client:
+        for path in ("/ui", "/ui/", "/ui/app.js", "/ui/app.css", "/ui/missing.png"):
+            client.get(path)
+        client.head("/ui/")
+        # A path the proxy does not own is forwarded (and logged by the emulator): the log
+        # would show /ui requests if they went there too.
+        assert client.get("/api/version").status_code == 200
+    # (/api/ps: the proxies' model pollers)
+    arrived = [e["path"] for e in emulator.requests()[before:] if e["path"] != "/api/ps"]
+    assert arrived == ["/api/version"]
+
+
+def test_the_page_is_not_in_the_openapi_description(proxy: ProxyProcess) -> None:
+    with proxy.client() as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    assert not [path for path in paths if path.startswith("/ui")]

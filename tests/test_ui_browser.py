@@ -1,0 +1,537 @@
+"""The analytics page in a real browser: headless Debian Chromium driven by Selenium
+through chromium-driver, against a real proxy (SQLite) with real emulator traffic sent by the
+real ``ollama`` client. What the page shows is checked against ``/analytics/*``.
+
+Screenshots go to ``test-artifacts/ui-*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import ollama
+import pytest
+
+from tests.conftest import ARTIFACTS
+from tests.emulator import EmulatorServer
+from tests.support import LocalHttpServer, ProxyProcess
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.wait import WebDriverWait
+except ImportError:  # pragma: no cover - the dev extra installs it
+    webdriver = None  # type: ignore[assignment]
+
+pytestmark = pytest.mark.skipif(
+    webdriver is None or CHROMIUM is None or CHROMEDRIVER is None,
+    reason=(
+        "needs the selenium package (pip install -e .[dev]) and the Debian packages chromium "
+        "and chromium-driver (scripts/setup.sh --dev)"
+    ),
+)
+
+T = TypeVar("T")
+TOKEN = "ui-browser-token"
+HOSTILE_PROMPTS = [
+    '<img src=x onerror="window.__xss=1">',
+    "<script>window.__xss=1</script>",
+    '"><svg onload=window.__xss=1>',
+    "</pre><iframe src=javascript:window.__xss=1></iframe>",
+]
+HOSTILE_MODEL = "<b onmouseover=window.__xss=1>m</b>"
+HOSTILE_RESPONSE = '<h1>Big</h1><img src=x onerror="window.__xss=1"><a href="javascript:1">x</a>'
+HOSTILE_THINKING = "<script>window.__xss=1</script> thinking <style>*{display:none}</style>"
+
+
+# ---------- the browser ----------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    # Explicit binary and driver: selenium-manager is never asked to download either.
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1440,1000",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+    ):
+        options.add_argument(argument)
+    ARTIFACTS.mkdir(exist_ok=True)
+    service = Service(
+        executable_path=str(CHROMEDRIVER), log_output=str(ARTIFACTS / "ui-chromedriver.log")
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SE_OFFLINE", "true")
+        driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def until(driver: WebDriver, condition: Callable[[WebDriver], T], timeout: float = 20) -> T:
+    """Polls ``condition`` until it is truthy; a re-rendered element is simply retried."""
+    stale = [StaleElementReferenceException]
+    return WebDriverWait(driver, timeout, 0.1, ignored_exceptions=stale).until(condition)
+
+
+def open_page(driver: WebDriver, url: str) -> None:
+    driver.get("about:blank")  # a fresh document: no state carried over from the last test
+    driver.get(url)
+
+
+def row_ids(driver: WebDriver) -> list[str]:
+    ids: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('#results tbody tr[data-id]')]"
+        ".map((row) => row.dataset.id)"
+    )
+    return ids
+
+
+def rows_become(driver: WebDriver, expected: list[str]) -> None:
+    try:
+        until(driver, lambda d: row_ids(d) == expected)
+    except Exception:
+        pytest.fail(f"the table shows {row_ids(driver)}, expected {expected}")
+
+
+def click_row(driver: WebDriver, record_id: str) -> None:
+    # Its first cell: the left edge, never under an open record panel.
+    selector = f'#results tr[data-id="{record_id}"] td:first-child'
+    until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, selector))[0].click()
+
+
+def field(driver: WebDriver, selector: str) -> Any:
+    return driver.execute_script(
+        "const node = document.querySelector(arguments[0]);"
+        "return node && {text: node.textContent, value: node.dataset.value};",
+        selector,
+    )
+
+
+def shot(driver: WebDriver, name: str) -> None:
+    driver.save_screenshot(str(ARTIFACTS / f"ui-{name}.png"))
+
+
+# ---------- data ----------
+
+
+def search_api(proxy: ProxyProcess, headers: dict[str, str] | None = None, **params: Any) -> Any:
+    answer = httpx.get(
+        proxy.url + "/analytics/search", params={"limit": 50, **params}, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def wait_for_records(
+    proxy: ProxyProcess, count: int, headers: dict[str, str] | None = None, **params: Any
+) -> list[dict[str, Any]]:
+    """The writer is asynchronous: search until ``count`` records are there."""
+    deadline = time.monotonic() + 30
+    while True:
+        records: list[dict[str, Any]] = search_api(proxy, headers, **{"limit": 1000, **params})[
+            "records"
+        ]
+        if len(records) >= count:
+            return records
+        assert time.monotonic() < deadline, f"{len(records)} of {count} records stored"
+        time.sleep(0.1)
+
+
+def get_json(proxy: ProxyProcess, path: str) -> Any:
+    answer = httpx.get(proxy.url + path)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+class Traffic:
+    def __init__(self, proxy: ProxyProcess, marker: str, count: int) -> None:
+        self.proxy = proxy
+        self.marker = marker
+        self.count = count
+
+
+@pytest.fixture(scope="module")
+def traffic(emulator: EmulatorServer) -> Iterator[Traffic]:
+    """A proxy of its own (so the data are known) and a morning's worth of traffic."""
+    marker = "quokka" + secrets.token_hex(4)
+    env = {"ANALYTICS_BACKEND": "sqlite", "PS_POLL_INTERVAL": "0"}
+    with ProxyProcess(emulator.url, env=env) as proxy, ollama.Client(host=proxy.url) as client:
+        client.chat(
+            model="llama3.2", messages=[{"role": "user", "content": "Why is the sky blue?"}]
+        )
+        streamed = client.chat(
+            model="qwen3",
+            messages=[{"role": "user", "content": f"Tell me about the {marker} migration"}],
+            stream=True,
+            think=True,
+        )
+        assert "".join(part.message.content or "" for part in streamed)
+        client.generate(model="gemma:2b", prompt="Translate 'good morning' into French")
+        client.generate(model="llama3.2", prompt="Count to five", options={"num_predict": 5})
+        with pytest.raises(ollama.ResponseError):
+            client.chat(model="no-such-model", messages=[{"role": "user", "content": "hello?"}])
+        # Enough records for a second page of 50.
+        for i in range(50):
+            client.embed(model="nomic-embed-text", input=f"document number {i}")
+        count = 55
+        wait_for_records(proxy, count)
+        yield Traffic(proxy, marker, count)
+
+
+# ---------- the tests ----------
+
+
+def test_table_lists_the_requests_newest_first_pages_and_refreshes_live(
+    browser: WebDriver, traffic: Traffic
+) -> None:
+    proxy = traffic.proxy
+    open_page(browser, proxy.url + "/ui")
+    assert browser.current_url == proxy.url + "/ui/"
+    first = search_api(proxy)
+    assert first["next_cursor"] is not None
+    rows_become(browser, [r["id"] for r in first["records"]])
+    assert browser.find_element(By.ID, "banner").is_displayed() is False
+    assert browser.find_element(By.ID, "auth").is_displayed() is False
+    # One row as the user reads it.
+    newest = first["records"][0]
+    cells = browser.execute_script(
+        "return [...document.querySelector('#results tbody tr').cells].map(c => c.textContent)"
+    )
+    assert cells[1:5] == [
+        newest["model"],
+        newest["endpoint"],
+        newest["category"],
+        str(newest["status"]),
+    ]
+    shot(browser, "table")
+
+    # Older →, then ← newer again.
+    browser.find_element(By.ID, "next").click()
+    second = search_api(proxy, cursor=first["next_cursor"])
+    rows_become(browser, [r["id"] for r in second["records"]])
+    assert browser.find_element(By.ID, "prev").is_enabled()
+    browser.find_element(By.ID, "prev").click()
+    rows_become(browser, [r["id"] for r in first["records"]])
+    assert not browser.find_element(By.ID, "prev").is_enabled()
+
+    # Live refresh: a new request shows up on the first page without a reload.
+    live = "wombat" + secrets.token_hex(4)
+    with ollama.Client(host=proxy.url) as client:
+        client.generate(model="llama3.2", prompt=f"A word about the {live}")
+    (record,) = wait_for_records(proxy, 1, prompt_search=live)
+    until(browser, lambda d: row_ids(d)[:1] == [record["id"]], timeout=30)
+
+
+def test_search_finds_the_prompt_and_a_click_shows_the_whole_record(
+    browser: WebDriver, traffic: Traffic
+) -> None:
+    proxy = traffic.proxy
+    (summary,) = wait_for_records(proxy, 1, prompt_search=traffic.marker)
+    record = get_json(proxy, f"/analytics/records/{summary['id']}")
+    open_page(browser, proxy.url + "/ui/")
+    until(browser, lambda d: len(row_ids(d)) == 50)
+    box = browser.find_element(By.ID, "q")
+    box.send_keys(traffic.marker, Keys.ENTER)
+    rows_become(browser, [record["id"]])
+    assert f"q={traffic.marker}" in browser.current_url
+    shot(browser, "search")
+
+    click_row(browser, record["id"])
+    until(browser, lambda d: field(d, '#record pre[data-field="prompt"]') is not None)
+    assert f"id={record['id']}" in browser.current_url
+    assert record["prompt"] == f"Tell me about the {traffic.marker} migration"
+    for name in ("prompt", "response", "thinking"):
+        assert record[name], name
+        shown = field(browser, f'#record pre[data-field="{name}"]')
+        assert shown["text"] == record[name], name
+    assert field(browser, '#record dd[data-field="model"]')["text"] == "qwen3:latest"
+    assert field(browser, '#record dd[data-field="status"]')["text"] == "200"
+    # Timings: the exact stored values, shown rounded.
+    for name in (
+        "duration_s",
+        "ttft_s",
+        "ollama_total_s",
+        "ollama_load_s",
+        "ollama_prompt_eval_s",
+        "ollama_eval_s",
+    ):
+        assert record[name] is not None, name
+        shown = field(browser, f'#record dd[data-field="{name}"]')
+        assert float(shown["value"]) == record[name], name
+        assert shown_seconds(shown["text"]) == pytest.approx(record[name], rel=0.01, abs=6e-5)
+        if name != "ttft_s":
+            bar = field(browser, f'#record svg.waterfall rect[data-field="{name}"]')
+            assert float(bar["value"]) == record[name], name
+    assert field(browser, '#record svg.waterfall line[data-field="ttft_s"]') is not None
+    for name in ("prompt_tokens", "completion_tokens"):
+        shown = field(browser, f'#record dd[data-field="{name}"]')
+        assert shown["text"] == f"{record[name]:,}"
+        assert int(shown["value"]) == record[name]
+    rate = field(browser, '#record dd[data-field="tokens_per_second"]')
+    assert float(rate["text"]) == pytest.approx(record["tokens_per_second"], abs=0.051)
+    shot(browser, "record")
+
+    # The hash links the record: a fresh page opens it straight away.
+    link = browser.current_url
+    open_page(browser, link)
+    until(browser, lambda d: field(d, '#record pre[data-field="prompt"]') is not None)
+    assert field(browser, '#record pre[data-field="prompt"]')["text"] == record["prompt"]
+    assert browser.find_element(By.ID, "q").get_attribute("value") == traffic.marker
+
+
+def test_a_failed_request_shows_its_error(browser: WebDriver, traffic: Traffic) -> None:
+    proxy = traffic.proxy
+    (failed,) = wait_for_records(proxy, 1, model="no-such-model")
+    assert failed["status"] == 404
+    # Older than the first page of everything: the status filter brings it up.
+    open_page(browser, f"{proxy.url}/ui/#status=404&id={failed['id']}")
+    until(browser, lambda d: field(d, '#record pre[data-field="error"]') is not None)
+    assert field(browser, '#record pre[data-field="error"]')["text"].startswith(failed["error"])
+    assert "not found" in failed["error"]
+    row = until(
+        browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-id="{failed["id"]}"]')
+    )[0]
+    assert "bad" in row.get_attribute("class")
+
+
+def test_filters_narrow_the_table(browser: WebDriver, traffic: Traffic) -> None:
+    proxy = traffic.proxy
+    open_page(browser, proxy.url + "/ui/")
+    until(browser, lambda d: len(row_ids(d)) == 50)
+    # The choices come from the stats and the rows seen.
+    until(browser, lambda d: "gemma:2b" in option_values(d, "f-model"))
+    Select(browser.find_element(By.ID, "f-model")).select_by_value("gemma:2b")
+    expected = search_api(proxy, model="gemma:2b")["records"]
+    assert len(expected) == 1
+    rows_become(browser, [r["id"] for r in expected])
+    assert "model=gemma%3A2b" in browser.current_url
+    until(browser, lambda d: "/api/embed" in option_values(d, "f-endpoint"))
+    Select(browser.find_element(By.ID, "f-model")).select_by_value("")
+    Select(browser.find_element(By.ID, "f-endpoint")).select_by_value("/api/embed")
+    embeds = search_api(proxy, endpoint="/api/embed")
+    rows_become(browser, [r["id"] for r in embeds["records"]])
+    Select(browser.find_element(By.ID, "f-endpoint")).select_by_value("")
+    Select(browser.find_element(By.ID, "f-status")).select_by_value("404")
+    rows_become(browser, [r["id"] for r in search_api(proxy, status=404)["records"]])
+
+
+def option_values(driver: WebDriver, select_id: str) -> list[str]:
+    values: list[str] = driver.execute_script(
+        "return [...document.getElementById(arguments[0]).options].map((o) => o.value)",
+        select_id,
+    )
+    return values
+
+
+def test_charts_show_the_stats(browser: WebDriver, traffic: Traffic) -> None:
+    proxy = traffic.proxy
+    open_page(browser, proxy.url + "/ui/")
+    stats = get_json(proxy, "/analytics/stats?hours=24")
+    assert stats["total_requests"] >= traffic.count
+    assert stats["errors"] >= 1
+
+    def sums(driver: WebDriver) -> dict[str, float]:
+        result: dict[str, float] = driver.execute_script(
+            "const sums = {};"
+            "for (const rect of document.querySelectorAll('#summary svg rect[data-series]')) {"
+            "  const key = rect.closest('figure div').id + ':' + rect.dataset.series;"
+            "  sums[key] = (sums[key] || 0) + Number(rect.dataset.value);"
+            "}"
+            "return sums;"
+        )
+        return result
+
+    def matches(driver: WebDriver) -> bool:
+        got = sums(driver)
+        return (
+            got.get("chart-requests:ok", 0) + got.get("chart-requests:errors", 0)
+            == stats["total_requests"]
+        )
+
+    until(browser, matches)
+    got = sums(browser)
+    assert got["chart-requests:errors"] == stats["errors"]
+    assert got["chart-tokens:prompt_tokens"] == stats["tokens"]["prompt_total"]
+    assert got["chart-tokens:completion_tokens"] == stats["tokens"]["completion_total"]
+    assert got["chart-errors:error_rate"] > 0
+    assert got["chart-latency:latency p50"] == stats["latency"]["p50_s"]
+    assert got["chart-latency:latency p95"] == stats["latency"]["p95_s"]
+    assert got["chart-latency:TTFT p95"] == stats["ttft"]["p95_s"]
+    models = browser.execute_script(
+        "return [...document.querySelectorAll('#models tbody tr')].map((r) => r.dataset.model)"
+    )
+    assert models == [m["name"] for m in stats["models"]]
+    card = field(browser, '#cards [data-field="total_requests"] .card-value')
+    assert card["text"] == f"{stats['total_requests']:,}"
+    shot(browser, "summary")
+
+
+# ---------- hostile content ----------
+
+
+def hostile_upstream(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+    """An Ollama whose answers are HTML, as a compromised or playful model's may be."""
+    if path != "/api/generate":
+        return 404, "text/plain", b"404 page not found"
+    request = json.loads(body)
+    answer = {
+        "model": request["model"],
+        "created_at": "2025-01-01T00:00:00Z",
+        "response": HOSTILE_RESPONSE,
+        "thinking": HOSTILE_THINKING,
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": 9_000_000,
+        "load_duration": 1_000_000,
+        "prompt_eval_count": 5,
+        "prompt_eval_duration": 2_000_000,
+        "eval_count": 7,
+        "eval_duration": 5_000_000,
+    }
+    return 200, "application/json; charset=utf-8", json.dumps(answer).encode()
+
+
+def test_hostile_prompts_and_responses_are_shown_as_text(browser: WebDriver) -> None:
+    with (
+        LocalHttpServer(hostile_upstream) as upstream,
+        ProxyProcess(
+            upstream.url, env={"ANALYTICS_BACKEND": "sqlite", "PS_POLL_INTERVAL": "0"}
+        ) as proxy,
+    ):
+        for prompt in HOSTILE_PROMPTS:
+            body = {"model": "llama3.2", "prompt": prompt, "stream": False}
+            assert httpx.post(proxy.url + "/api/generate", json=body).status_code == 200
+        body = {"model": HOSTILE_MODEL, "prompt": "plain", "stream": False}
+        assert httpx.post(proxy.url + "/api/generate", json=body).status_code == 200
+        records = wait_for_records(proxy, len(HOSTILE_PROMPTS) + 1)
+        open_page(browser, proxy.url + "/ui/")
+        rows_become(browser, [r["id"] for r in records])
+        excerpts = browser.execute_script(
+            "return [...document.querySelectorAll('#results td.excerpt')].map(c => c.textContent)"
+        )
+        assert set(excerpts) == {*HOSTILE_PROMPTS, "plain"}
+        for record in records:
+            click_row(browser, record["id"])
+            until(browser, lambda d, r=record: record_shown(d) == r["id"])
+            assert field(browser, '#record pre[data-field="prompt"]')["text"] == record["prompt"]
+            assert field(browser, '#record pre[data-field="response"]')["text"] == HOSTILE_RESPONSE
+            assert field(browser, '#record pre[data-field="thinking"]')["text"] == HOSTILE_THINKING
+            assert field(browser, '#record dd[data-field="model"]')["text"] == record["model"]
+            assert_nothing_injected(browser)
+        assert HOSTILE_MODEL + ":latest" in option_values(browser, "f-model")
+        shot(browser, "xss")
+
+
+def record_shown(driver: WebDriver) -> str | None:
+    head = driver.find_elements(By.CSS_SELECTOR, "#record .panel-head code")
+    if not head or not driver.find_elements(By.CSS_SELECTOR, '#record pre[data-field="prompt"]'):
+        return None
+    return str(head[0].text)
+
+
+def assert_nothing_injected(driver: WebDriver) -> None:
+    found = driver.execute_script(
+        "const record = document.getElementById('record');"
+        "return {"
+        "  xss: typeof window.__xss,"
+        "  images: document.querySelectorAll('img, iframe, object, embed, style, a').length,"
+        "  scripts: [...document.scripts].map((s) => s.getAttribute('src')),"
+        "  recordSvgs: [...record.querySelectorAll('svg')].map((s) => s.getAttribute('class')),"
+        "  preChildren: [...record.querySelectorAll('pre')].map((p) => p.childElementCount),"
+        "  cellChildren: [...document.querySelectorAll('#results tbody td')]"
+        "    .reduce((n, td) => n + td.childElementCount, 0),"
+        "  optionChildren: [...document.querySelectorAll('option')]"
+        "    .reduce((n, o) => n + o.childElementCount, 0),"
+        "  h1: document.querySelectorAll('h1').length,"
+        "};"
+    )
+    assert found == {
+        "xss": "undefined",
+        "images": 0,
+        "scripts": ["app.js"],
+        "recordSvgs": ["waterfall"],
+        "preChildren": [0] * len(found["preChildren"]),
+        "cellChildren": 0,
+        "optionChildren": 0,
+        "h1": 1,
+    }
+    assert len(found["preChildren"]) >= 3
+
+
+# ---------- the token ----------
+
+
+def test_the_token_is_asked_once_per_session(browser: WebDriver, emulator: EmulatorServer) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    env = {"ANALYTICS_TOKEN": TOKEN, "PS_POLL_INTERVAL": "0", "ANALYTICS_BACKEND": "sqlite"}
+    with ProxyProcess(emulator.url, env=env) as proxy:
+        with ollama.Client(host=proxy.url) as client:
+            client.generate(model="llama3.2", prompt="Is the page guarded?")
+        (record,) = wait_for_records(proxy, 1, headers=auth)
+        open_page(browser, proxy.url + "/ui/")
+        until(browser, lambda d: d.find_element(By.ID, "auth").is_displayed())
+        assert row_ids(browser) == []
+        shot(browser, "token")
+
+        box = browser.find_element(By.ID, "token-input")
+        box.send_keys("not-the-token", Keys.ENTER)
+        until(
+            browser,
+            lambda d: (
+                d.find_element(By.ID, "auth").is_displayed()
+                and "not accepted" in d.find_element(By.ID, "auth-message").text
+            ),
+        )
+        assert row_ids(browser) == []
+
+        browser.find_element(By.ID, "token-input").send_keys(TOKEN, Keys.ENTER)
+        rows_become(browser, [record["id"]])
+        assert not browser.find_element(By.ID, "auth").is_displayed()
+        stored = browser.execute_script(
+            "return [sessionStorage.length, localStorage.length, document.cookie]"
+        )
+        assert stored == [1, 0, ""]
+
+        # A reload in the same session: straight to the data.
+        browser.refresh()
+        rows_become(browser, [record["id"]])
+        assert not browser.find_element(By.ID, "auth").is_displayed()
+
+        # Forgetting the token asks again.
+        browser.find_element(By.ID, "forget-token").click()
+        until(browser, lambda d: d.find_element(By.ID, "auth").is_displayed())
+        browser.execute_script("sessionStorage.clear()")
+
+
+def shown_seconds(text: str) -> float:
+    """The seconds a "12.3 ms" / "1.23 s" text stands for."""
+    match = re.fullmatch(r"([0-9.]+) (ms|s)", text)
+    assert match, text
+    return float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
