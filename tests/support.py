@@ -126,6 +126,19 @@ class ProxyProcess:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
 
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def logged_proxy(upstream: str, env: dict[str, str], log_name: str) -> ProxyProcess:
+    """A started proxy for fault tests: no poller, no retention, its log kept in
+    ``test-artifacts/<log_name>`` for after the run."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / log_name
+    log_path.unlink(missing_ok=True)
+    settings = {"PS_POLL_INTERVAL": "0", "ANALYTICS_RETENTION_DAYS": "0", **env}
+    return ProxyProcess(upstream, env=settings, log_path=log_path).start()
+
+
 def sample_record(**changes: object) -> ExchangeRecord:
     """A finished record as the proxy makes them, with a fresh id; ``changes`` override."""
     stamp = float(changes.pop("timestamp", time.time()))  # type: ignore[arg-type]

@@ -19,9 +19,8 @@ import httpx
 import pytest
 
 from tests.emulator import EmulatorConfig, EmulatorServer
-from tests.support import ProxyProcess
+from tests.support import ARTIFACTS, ProxyProcess, logged_proxy
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # A clean stop on SIGTERM: uvicorn shuts down, then re-raises the signal so that the exit
 # status says why (as `test_cli` pins down); a crash or a hang would look different.
 CLEAN_EXIT = -signal.SIGTERM
@@ -33,14 +32,6 @@ def slow_emulator() -> Iterator[EmulatorServer]:
     """Streams at one token per ``TOKEN_DELAY`` seconds: N tokens take N × that long."""
     with EmulatorServer(EmulatorConfig(token_delay=TOKEN_DELAY)) as server:
         yield server
-
-
-def started_proxy(upstream: str, env: dict[str, str], log_name: str) -> ProxyProcess:
-    ARTIFACTS.mkdir(exist_ok=True)
-    log_path = ARTIFACTS / log_name
-    log_path.unlink(missing_ok=True)
-    settings = {"PS_POLL_INTERVAL": "0", "ANALYTICS_RETENTION_DAYS": "0", **env}
-    return ProxyProcess(upstream, env=settings, log_path=log_path).start()
 
 
 def stored(database: Path, tag: str) -> dict[str, list[dict[str, object]]]:
@@ -110,7 +101,7 @@ def test_sigterm_drains_in_flight_streams_and_the_queue(slow_emulator: EmulatorS
         "SHUTDOWN_GRACE_SECONDS": str(grace),
         "ANALYTICS_DRAIN_SECONDS": str(drain),
     }
-    proxy = started_proxy(slow_emulator.url, env, "faults-sigterm.log")
+    proxy = logged_proxy(slow_emulator.url, env, "faults-sigterm.log")
     tag = "sigterm"
     database = proxy.workdir / "analytics.db"  # created and migrated before it listens
     # Another connection keeps the store locked, so every record is still queued at SIGTERM
@@ -186,7 +177,7 @@ def test_sigterm_cuts_a_stream_longer_than_the_grace_period(
         "SHUTDOWN_GRACE_SECONDS": str(grace),
         "ANALYTICS_DRAIN_SECONDS": str(drain),
     }
-    proxy = started_proxy(slow_emulator.url, env, "faults-sigterm-cut.log")
+    proxy = logged_proxy(slow_emulator.url, env, "faults-sigterm-cut.log")
     tag = "sigterm-cut"
     try:
         stream = Stream(proxy.url, f"{tag} long", tokens=600)  # 30 s
@@ -225,7 +216,7 @@ def test_kill_9_during_heavy_writes_loses_only_memory(
     }
     database = tmp_path / "analytics.db"
     tag = "kill9"
-    proxy = started_proxy(emulator.url, env, "faults-kill9.log")
+    proxy = logged_proxy(emulator.url, env, "faults-kill9.log")
     sent: list[str] = []
     completed: list[str] = []
     stop = threading.Event()
@@ -281,7 +272,7 @@ def test_kill_9_during_heavy_writes_loses_only_memory(
     assert len(before) <= len(completed) + len(workers)
     lost = len(set(completed) - set(before))
 
-    again = started_proxy(emulator.url, env, "faults-kill9-restart.log")
+    again = logged_proxy(emulator.url, env, "faults-kill9-restart.log")
     try:
         with again.client() as client:
             fresh = [f"{tag}-after {n}" for n in range(20)]

@@ -34,9 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.analytics.loki import retry_after
 from tests.emulator import EmulatorServer
-from tests.support import ProxyProcess, free_port
+from tests.support import ARTIFACTS, ProxyProcess, free_port, logged_proxy
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # A clean stop on SIGTERM: uvicorn shuts down, then re-raises the signal so that the exit
 # status says why (as `test_cli` pins down); a crash or a hang would look different.
 CLEAN_EXIT = -signal.SIGTERM
@@ -132,14 +131,6 @@ def sqlite_prompts(path: Path, tag: str) -> Counter[str]:
         return Counter(prompt for (prompt,) in rows)
 
 
-def started_proxy(upstream: str, env: dict[str, str], log_name: str) -> ProxyProcess:
-    ARTIFACTS.mkdir(exist_ok=True)
-    log_path = ARTIFACTS / log_name
-    log_path.unlink(missing_ok=True)
-    settings = {"PS_POLL_INTERVAL": "0", "ANALYTICS_RETENTION_DAYS": "0", **env}
-    return ProxyProcess(upstream, env=settings, log_path=log_path).start()
-
-
 def warm_up(proxy: ProxyProcess, backend: str, tag: str) -> None:
     """One request, written: the store exists and is migrated before the fault starts."""
     with proxy.client() as client:
@@ -218,7 +209,7 @@ def test_postgresql_stopped_and_restarted_loses_nothing(
 ) -> None:
     url = cluster.create_database()
     env = {"ANALYTICS_BACKEND": "postgresql", "ANALYTICS_DATABASE_URL": url}
-    proxy = started_proxy(emulator.url, env, "faults-postgres-restart.log")
+    proxy = logged_proxy(emulator.url, env, "faults-postgres-restart.log")
     tag = "pg-restart"
     try:
         warm_up(proxy, "postgresql", tag)
@@ -281,7 +272,7 @@ def test_a_queue_overflow_during_an_outage_is_counted_exactly(
         "ANALYTICS_QUEUE_SIZE": "20",
         "ANALYTICS_BATCH_SIZE": "5",
     }
-    proxy = started_proxy(emulator.url, env, "faults-postgres-overflow.log")
+    proxy = logged_proxy(emulator.url, env, "faults-postgres-overflow.log")
     tag = "pg-overflow"
     sent = 100
     try:
@@ -331,7 +322,7 @@ def test_a_queue_overflow_during_an_outage_is_counted_exactly(
 
 
 def test_sqlite_locked_by_another_connection(emulator: EmulatorServer) -> None:
-    proxy = started_proxy(emulator.url, {"ANALYTICS_BACKEND": "sqlite"}, "faults-sqlite-lock.log")
+    proxy = logged_proxy(emulator.url, {"ANALYTICS_BACKEND": "sqlite"}, "faults-sqlite-lock.log")
     tag = "sqlite-locked"
     database = proxy.workdir / "analytics.db"
     try:
@@ -407,7 +398,7 @@ def fill(directory: Path) -> Path:
 def test_sqlite_on_a_full_disk(emulator: EmulatorServer, small_disk: Path) -> None:
     env = {"ANALYTICS_BACKEND": "sqlite", "ANALYTICS_DIR": str(small_disk)}
     log_path = ARTIFACTS / "faults-sqlite-disk-full.log"
-    proxy = started_proxy(emulator.url, env, log_path.name)
+    proxy = logged_proxy(emulator.url, env, log_path.name)
     tag = "disk-full"
     database = small_disk / "analytics.db"
     answers: list[Answer] = []
@@ -540,7 +531,7 @@ def test_retry_after_is_read_as_seconds_or_a_date(
 def test_loki_failing_then_recovering(emulator: EmulatorServer, fault: str) -> None:
     with FlakyLoki() as loki:
         env = {"ANALYTICS_BACKEND": "sqlite,loki", "LOKI_URL": loki.url}
-        proxy = started_proxy(emulator.url, env, f"faults-loki-{fault}.log")
+        proxy = logged_proxy(emulator.url, env, f"faults-loki-{fault}.log")
         tag = f"loki-{fault}"
         database = proxy.workdir / "analytics.db"
         try:
