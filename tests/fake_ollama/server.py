@@ -14,6 +14,7 @@ import errno
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -130,7 +131,11 @@ class GinAccessLog:
 
 
 def _exit_zero(signum: int, frame: object) -> NoReturn:
-    raise SystemExit(0)
+    # Not SystemExit: raised where the signal lands (a weakref or GC callback, say), Python
+    # may print and ignore it, and the server would go on running.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _crash_later(seconds: float, console: Console) -> None:
