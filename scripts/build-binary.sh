@@ -17,6 +17,6 @@ started=$(date +%s.%N)
 .venv/bin/python -m PyInstaller --noconfirm --clean --log-level "${PYINSTALLER_LOG_LEVEL:-WARN}" \
     --distpath dist --workpath build/out build/pyinstaller.spec >&2
 # Dated when the build began: a source edited during the build is then newer than the
-# binary, which is what tests/test_frozen_binary.py checks before reusing it.
+# binary, which is what tests/concerns/test_frozen_binary.py checks before reusing it.
 touch -d "@$started" dist/ollama-metrics
 echo "$PWD/dist/ollama-metrics"

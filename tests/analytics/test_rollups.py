@@ -18,7 +18,7 @@ from app.analytics.rollups import Aggregate, bucket
 from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
 from app.analytics.tables import hourly, hourly_clients, hourly_latency, requests
 from tests.conftest import PostgresDatabases
-from tests.test_analytics_store import NOW, ROWS, expected, load_store
+from tests.analytics.test_sql import NOW, ROWS, expected, load_store
 
 HOUR = 3600
 

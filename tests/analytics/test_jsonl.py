@@ -17,7 +17,7 @@ import pytest
 from app.analytics.jsonl import JsonlBackend, compact_json, day_files, read_rows
 from tests.support import sample_row
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MIDNIGHT = datetime(2025, 3, 1, tzinfo=UTC).timestamp()  # 2025-03-01T00:00:00Z
 HOSTILE = (
     'quote " backslash \\ newline \n cr \r tab \t nul \x00 bell \x07 '
@@ -213,7 +213,7 @@ import os, resource, signal, sys
 from pathlib import Path
 from tests.support import sample_row
 from app.analytics.jsonl import JsonlBackend
-from tests.test_analytics_jsonl import make_row
+from tests.analytics.test_jsonl import make_row
 
 path = Path(sys.argv[1]) / "requests-2025-03-01.jsonl.gz"
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG

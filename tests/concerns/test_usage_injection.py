@@ -15,7 +15,7 @@ import pytest
 from tests.emulator import EmulatorConfig, EmulatorServer
 from tests.metrics_support import scrape, total
 from tests.support import ProxyProcess
-from tests.test_transparency import normalise
+from tests.concerns.test_transparency import normalise
 
 CHAT = [{"role": "user", "content": "Name three colours"}]
 

@@ -1,7 +1,7 @@
 """The analytics page (``/ui``) as files and headers, without a browser: served by the proxy
 itself with a strict Content-Security-Policy, complete and offline, open without the
 analytics token while the data stays guarded, and never forwarded to Ollama.
-(``tests/test_ui_browser.py`` drives it in Chromium.)"""
+(``tests/concerns/test_ui_browser.py`` drives it in Chromium.)"""
 
 from __future__ import annotations
 

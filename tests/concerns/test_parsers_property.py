@@ -9,7 +9,7 @@
     rewritten.
 (d) The categoriser answers one of its labels for any text.
 
-``tests/test_streams.py`` replays streams captured from the emulator; these are generated,
+``tests/ollama/test_streams.py`` replays streams captured from the emulator; these are generated,
 so they reach what the emulator never sends.
 """
 

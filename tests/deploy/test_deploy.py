@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,7 +34,7 @@ from app.metrics.instruments import DURATION_BUCKETS
 from app.ollama.endpoints import known_labels
 from tests.support import LocalHttpServer, sample_record
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 GPU_COMPOSE = DEPLOY / "docker-compose.gpu.yml"
@@ -43,8 +44,9 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
 LOKI_CONFIG = DEPLOY / "loki" / "loki-config.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
-# CI lays shared/ beside the clone, as it is beside the work tree.
-COMPOSE_SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+# The Compose Specification's schema as check-jsonschema ships it (`--builtin-schema
+# vendor.compose-spec`), with its licence, kept current by that package's releases.
+COMPOSE_SCHEMA = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
 
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 LOKI_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")

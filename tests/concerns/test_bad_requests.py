@@ -29,7 +29,7 @@ from app.proxy.relay import INSPECT_MAX_BYTES
 from app.server import MAX_HEAD_BYTES
 from tests.emulator import EmulatorServer
 from tests.support import CHAT, ProxyProcess
-from tests.test_transparency import normalise
+from tests.concerns.test_transparency import normalise
 
 MARK = "x-bad-request-case"
 

@@ -23,7 +23,7 @@ from bench import procs
 from bench.soak import clients, report, verdicts
 from bench.soak.clients import Client, Outcome, Spec, classify
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- the classifier ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 from bench.plan import WAYS
 from bench.report import SECTIONS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # The number each scenario kind must have, positive, for every way.
 HEADLINE = {
