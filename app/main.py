@@ -34,10 +34,10 @@ from app.analytics.writer import AnalyticsMetrics, AnalyticsWriter
 from app.api.analytics import create_analytics_router
 from app.api.routes import create_api
 from app.auth import SCOPE_KEY, ApiKeys, presented_key, without_credentials
+from app.categories import Categoriser
 from app.config import Settings
 from app.exchange import Recorder, Sink
 from app.logs import AccessLog
-from app.metrics.categories import Categoriser
 from app.metrics.instruments import Instruments
 from app.metrics.poller import LoadedModelsCollector, ModelPoller
 from app.proxy.errors import error_body, send_error_answer

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from importlib import resources
 
-from app.metrics.categories import Categoriser, CategoryRule
+from app.categories.categoriser import Categoriser, CategoryRule
 
 INSTRUCTIONS = (
     "hi there!",
@@ -98,7 +98,7 @@ def build(*, prefilter: bool) -> Categoriser:
     if prefilter:
         return Categoriser.default()
     # The same rules, every pattern searched as written.
-    text = resources.files("app.metrics").joinpath("category_rules.json").read_text("utf-8")
+    text = resources.files("app.categories").joinpath("rules.json").read_text("utf-8")
     rules = json.loads(text)
     categories = [CategoryRule(c["name"], tuple(c["patterns"])) for c in rules["categories"]]
     return Categoriser(categories, fallback=rules["fallback"], prefilter=False)

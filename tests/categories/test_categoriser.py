@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.metrics.categories import MAX_CATEGORIES, Categoriser, CategoryRule
+from app.categories.categoriser import MAX_CATEGORIES, Categoriser, CategoryRule
 
 DEFAULT_ORDER = (
     "chat",
@@ -36,7 +36,7 @@ def categoriser() -> Categoriser:
 @pytest.fixture(scope="module")
 def reference() -> Categoriser:
     """The default rules with every pattern searched as written: no prefilter, no ASCII form."""
-    text = resources.files("app.metrics").joinpath("category_rules.json").read_text("utf-8")
+    text = resources.files("app.categories").joinpath("rules.json").read_text("utf-8")
     data = json.loads(text)
     rules = [CategoryRule(c["name"], tuple(c["patterns"])) for c in data["categories"]]
     return Categoriser(rules, fallback=data["fallback"], prefilter=False)
@@ -408,7 +408,7 @@ def test_constructor_validates_too() -> None:
 
 
 def test_default_rules_are_valid_and_documented() -> None:
-    text = resources.files("app.metrics").joinpath("category_rules.json").read_text("utf-8")
+    text = resources.files("app.categories").joinpath("rules.json").read_text("utf-8")
     data = json.loads(text)
     assert [c["name"] for c in data["categories"]] + [data["fallback"]] == list(DEFAULT_ORDER)
     assert all(c["description"] for c in data["categories"])

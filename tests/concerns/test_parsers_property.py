@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from app.metrics.categories import Categoriser, CategoryRule
+from app.categories.categoriser import Categoriser, CategoryRule
 from app.ollama.endpoints import Shape, classify
 from app.ollama.models import normalise_model
 from app.ollama.requests import NO_FACTS, read_request
@@ -696,7 +696,7 @@ PROMPTS = st.one_of(
 
 def _unfiltered() -> Categoriser:
     """The default rules with every pattern searched as written (the reference)."""
-    text = resources.files("app.metrics").joinpath("category_rules.json").read_text("utf-8")
+    text = resources.files("app.categories").joinpath("rules.json").read_text("utf-8")
     data = json.loads(text)
     rules = [CategoryRule(c["name"], tuple(c["patterns"])) for c in data["categories"]]
     return Categoriser(rules, fallback=data["fallback"], prefilter=False)

@@ -5,7 +5,7 @@ The proxy hands the last user message (or the ``prompt``) of each inference requ
 or ``translate``. It runs on the request path, so it must cost microseconds, and its answer
 is always one of :attr:`Categoriser.categories`, which keeps the label's cardinality bounded.
 
-Rules file (JSON; the defaults are ``category_rules.json`` beside this module, a user file
+Rules file (JSON; the defaults are ``rules.json`` beside this module, a user file
 is named by the ``PROMPT_CATEGORY_RULES`` setting)::
 
     {
@@ -39,7 +39,7 @@ text are examined: that bounds the cost of a 1 MB prompt, and the instruction is
 always at the start ("Summarize the following: ...") or at the end ("... translate the
 above into French").
 
-Speed: most patterns are never searched; see :mod:`app.metrics.prefilter` for how.
+Speed: most patterns are never searched; see :mod:`app.categories.prefilter` for how.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-from app.metrics.prefilter import Gate, Text, ascii_form, gates_for
+from app.categories.prefilter import Gate, Text, ascii_form, gates_for
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +117,9 @@ class Categoriser:
     def default(
         cls, *, max_chars: int = DEFAULT_MAX_CHARS, tail_chars: int = DEFAULT_TAIL_CHARS
     ) -> Categoriser:
-        """The rules shipped with the proxy (``app/metrics/category_rules.json``)."""
-        resource = resources.files(__package__).joinpath("category_rules.json")
-        source = f"{__package__}/category_rules.json"
+        """The rules shipped with the proxy (``app/categories/rules.json``)."""
+        resource = resources.files(__package__).joinpath("rules.json")
+        source = f"{__package__}/rules.json"
         return cls._from_json(resource.read_text(encoding="utf-8"), source, max_chars, tail_chars)
 
     @classmethod

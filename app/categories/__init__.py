@@ -1,0 +1,16 @@
+"""Prompt categories: request classification, beside ``app.ollama``'s wire knowledge.
+
+The exchange tap hands the prompt of each inference request to a :class:`Categoriser`; its
+answer is one of a bounded set of short names, which the record carries to the metrics (a
+label value) and to analytics (a column and a filter).
+
+- ``categoriser``: the rules (``rules.json`` here, or ``PROMPT_CATEGORY_RULES``), their
+  validation and the match itself.
+- ``prefilter``: how most patterns are never searched (literal gates before each regex).
+
+Imports nothing of the app but itself: neither metrics nor storage.
+"""
+
+from app.categories.categoriser import Categoriser
+
+__all__ = ["Categoriser"]
