@@ -7,6 +7,8 @@ rollups in one transaction (``rollups``); ``search`` and ``stats`` hold the read
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from app.analytics.tables import hourly, hourly_clients, hourly_latency, request
 from app.config import Settings
 
 __all__ = ["SearchQuery", "SqlStore", "create_store_engine", "database_url", "settings_url"]
+
+log = logging.getLogger(__name__)
 
 
 def database_url(url: str | None, directory: Path) -> str:
@@ -76,6 +80,14 @@ class SqlStore:
         if not self.migrated:
             upgrade(self.engine)
             self.migrated = True
+
+    async def start(self) -> None:
+        """Migrate at start-up, off the event loop. Never fatal: a database that is down
+        now is migrated by the first write once it answers (the writer retries)."""
+        try:
+            await asyncio.to_thread(self.migrate)
+        except Exception as exc:
+            log.error("analytics store not ready (%s); will retry", exc)
 
     # -- writing -----------------------------------------------------------------------
 

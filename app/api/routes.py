@@ -1,10 +1,10 @@
-"""Routes of the proxy's own API."""
+"""The proxy's own API app: ``/metrics``, ``/test``, ``/docs`` and the ``/ui`` page (the
+factory adds ``/analytics/*`` from ``app.api.analytics``)."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated
-from urllib.parse import unquote, urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, Response
@@ -29,34 +29,32 @@ class ChainCheck(BaseModel):
     error: str | None = None
 
 
-def _redact(text: str, secret_url: str, public_url: str) -> str:
-    text = text.replace(secret_url, public_url)
-    password = urlsplit(secret_url).password
-    if password:
-        for form in {password, unquote(password)}:
-            text = text.replace(form, "***")
-    return text
+# Own paths that reach Ollama as a proxied request does, so the API keys guard them too.
+KEYED_OWN_PATHS = frozenset({"/test"})
 
 
 def create_api(
     *,
     upstream_url: str,
-    check_url: str,
     registry: CollectorRegistry,
     instruments: Instruments,
     http: httpx.AsyncClient,
     metrics_token: str | None = None,
 ) -> FastAPI:
-    """``upstream_url`` is shown to users; ``check_url`` (which may carry credentials) is used.
+    """``upstream_url`` is Ollama's URL without credentials: ``http`` sends them as a header,
+    so neither the answers of ``/test`` nor httpx's errors and logs can hold them.
 
     ``/metrics`` needs ``metrics_token`` as a Bearer token when it is set. ``/test`` is guarded
-    by the API keys in ``ProxyApp`` (it reaches Ollama like a proxied request); ``/docs`` and
-    ``/openapi.json`` describe only these endpoints and hold no data, so they stay open.
+    by the API keys (``KEYED_OWN_PATHS``: it reaches Ollama like a proxied request); ``/docs``
+    and ``/openapi.json`` describe only these endpoints and hold no data, so they stay open.
     """
     api = FastAPI(
         title="Ollama Metrics Proxy",
         version=__version__,
         description="The proxy's own endpoints. Every other path is forwarded to Ollama.",
+        # Never served: /redoc was always forwarded to Ollama, and app.middleware.own_paths
+        # claims every route's path.
+        redoc_url=None,
     )
     router = APIRouter()
 
@@ -76,19 +74,18 @@ def create_api(
     async def chain_check() -> ChainCheck:
         started = time.perf_counter()
         try:
-            answer = await http.get(check_url + "/api/version")
+            answer = await http.get(upstream_url + "/api/version")
             answer.raise_for_status()
             version = answer.json().get("version")
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            instruments.upstream_up.set(0)
+            instruments.upstream_answered(False)
             return ChainCheck(
                 proxy_version=__version__,
                 upstream=upstream_url,
                 upstream_reachable=False,
-                # httpx names the URL in some errors; the credentials it may carry stay out.
-                error=_redact(f"{type(exc).__name__}: {exc}", check_url, upstream_url),
+                error=f"{type(exc).__name__}: {exc}",
             )
-        instruments.upstream_up.set(1)
+        instruments.upstream_answered(True)
         return ChainCheck(
             proxy_version=__version__,
             upstream=upstream_url,

@@ -142,7 +142,8 @@ class Instruments:
             ("endpoint", "model"),
             registry=registry,
         )
-        self.upstream_up = Gauge(
+        # Set only by upstream_answered: its callers are the only judges of "reached".
+        self._upstream_up = Gauge(
             "ollama_upstream_up",
             "1 when the last attempt to reach Ollama succeeded, 0 when it could not connect.",
             registry=registry,
@@ -203,6 +204,11 @@ class Instruments:
         self._in_flight[request_id] = labels
         self._in_flight_gauge(*labels).inc()
 
+    def upstream_answered(self, ok: bool) -> None:
+        """The last attempt to reach Ollama (a proxied request, ``/test``, the ``/api/ps``
+        poll) succeeded (``ok``) or could not connect: ``ollama_upstream_up``."""
+        self._upstream_up.set(1 if ok else 0)
+
     def finished(self, record: ExchangeRecord) -> None:
         labels = self._in_flight.pop(record.id, None)
         if labels is not None:
@@ -216,7 +222,7 @@ class Instruments:
             self._ttft(endpoint, model).observe(record.ttft_s, exemplar)
         if record.upstream_error is not None:
             self._upstream_errors(record.upstream_error).inc()
-        self.upstream_up.set(0 if record.upstream_error == "connect" else 1)
+        self.upstream_answered(record.upstream_error != "connect")
 
         if record.prompt_tokens:
             self._tokens(model, "prompt", record.category).inc(record.prompt_tokens)

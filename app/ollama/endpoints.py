@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# The API a path speaks (``api_of``): its error shape and its clients.
 Api = Literal["ollama", "openai", "anthropic"]
 # How the answer of an endpoint is read (see ``app.ollama.streams``).
 Shape = Literal[
@@ -30,7 +31,6 @@ Operation = Literal["chat", "text_completion", "embeddings"]
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     label: str
-    api: Api
     shape: Shape = "none"
     operation: Operation | None = None
     # What ``stream`` means when the request does not say (native streams by default).
@@ -43,81 +43,63 @@ class Endpoint:
         return self.operation is not None
 
 
-def _native(
-    label: str,
-    shape: Shape = "none",
-    *,
-    operation: Operation | None = None,
-    streams_by_default: bool = False,
-    reads_body: bool = False,
-) -> Endpoint:
-    return Endpoint(label, "ollama", shape, operation, streams_by_default, reads_body)
-
-
 _ENDPOINTS: dict[str, Endpoint] = {
     e.label: e
     for e in (
-        _native("/"),
-        _native("/api/version"),
-        _native("/api/status"),
-        _native("/api/tags"),
-        _native("/api/ps"),
-        _native("/api/show", reads_body=True),
-        _native(
+        Endpoint("/"),
+        Endpoint("/api/version"),
+        Endpoint("/api/status"),
+        Endpoint("/api/tags"),
+        Endpoint("/api/ps"),
+        Endpoint("/api/show", reads_body=True),
+        Endpoint(
             "/api/generate",
             "generate",
             operation="text_completion",
             streams_by_default=True,
             reads_body=True,
         ),
-        _native("/api/chat", "chat", operation="chat", streams_by_default=True, reads_body=True),
-        _native("/api/embed", "embed", operation="embeddings", reads_body=True),
-        _native("/api/embeddings", "embeddings", operation="embeddings", reads_body=True),
-        _native("/api/pull", streams_by_default=True, reads_body=True),
-        _native("/api/push", streams_by_default=True, reads_body=True),
-        _native("/api/create", streams_by_default=True, reads_body=True),
-        _native("/api/copy", reads_body=True),
-        _native("/api/delete", reads_body=True),
-        _native("/api/me"),
-        _native("/api/signout"),
-        _native("/api/experimental/web_search"),
-        _native("/api/experimental/web_fetch"),
-        _native("/api/experimental/model-recommendations"),
-        Endpoint(
-            "/v1/chat/completions", "openai", "openai_chat", operation="chat", reads_body=True
-        ),
+        Endpoint("/api/chat", "chat", operation="chat", streams_by_default=True, reads_body=True),
+        Endpoint("/api/embed", "embed", operation="embeddings", reads_body=True),
+        Endpoint("/api/embeddings", "embeddings", operation="embeddings", reads_body=True),
+        Endpoint("/api/pull", streams_by_default=True, reads_body=True),
+        Endpoint("/api/push", streams_by_default=True, reads_body=True),
+        Endpoint("/api/create", streams_by_default=True, reads_body=True),
+        Endpoint("/api/copy", reads_body=True),
+        Endpoint("/api/delete", reads_body=True),
+        Endpoint("/api/me"),
+        Endpoint("/api/signout"),
+        Endpoint("/api/experimental/web_search"),
+        Endpoint("/api/experimental/web_fetch"),
+        Endpoint("/api/experimental/model-recommendations"),
+        Endpoint("/v1/chat/completions", "openai_chat", operation="chat", reads_body=True),
         Endpoint(
             "/v1/completions",
-            "openai",
             "openai_completions",
             operation="text_completion",
             reads_body=True,
         ),
         Endpoint(
             "/v1/embeddings",
-            "openai",
             "openai_embeddings",
             operation="embeddings",
             reads_body=True,
         ),
-        Endpoint("/v1/models", "openai"),
-        Endpoint("/v1/responses", "openai", reads_body=True),
-        Endpoint("/v1/audio/transcriptions", "openai"),
-        Endpoint(
-            "/v1/messages", "anthropic", "anthropic_messages", operation="chat", reads_body=True
-        ),
+        Endpoint("/v1/models"),
+        Endpoint("/v1/responses", reads_body=True),
+        Endpoint("/v1/audio/transcriptions"),
+        Endpoint("/v1/messages", "anthropic_messages", operation="chat", reads_body=True),
     )
 }
 
 # Routes with a parameter in the path, matched by prefix.
 _PREFIXED = (
-    ("/api/blobs/", _native("/api/blobs/:digest")),
-    ("/v1/models/", Endpoint("/v1/models/:model", "openai")),
-    ("/api/user/keys/", _native("/api/user/keys/:key")),
+    ("/api/blobs/", Endpoint("/api/blobs/:digest")),
+    ("/v1/models/", Endpoint("/v1/models/:model")),
+    ("/api/user/keys/", Endpoint("/api/user/keys/:key")),
 )
 
-OTHER = _native("other")
-OTHER_V1 = Endpoint("other", "openai")
+OTHER = Endpoint("other")
 
 
 def classify(path: str) -> Endpoint:
@@ -128,7 +110,17 @@ def classify(path: str) -> Endpoint:
     for prefix, candidate in _PREFIXED:
         if path.startswith(prefix) and len(path) > len(prefix):
             return candidate
-    return OTHER_V1 if path.startswith("/v1/") else OTHER
+    return OTHER
+
+
+def api_of(path: str) -> Api:
+    """Which API a path speaks, and so which error shape its clients parse: ``anthropic``
+    (``/v1/messages``), ``openai`` (any other ``/v1/``) or ``ollama``."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith("/v1/"):
+        return "openai"
+    return "ollama"
 
 
 def known_labels() -> tuple[str, ...]:

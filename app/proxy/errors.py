@@ -9,6 +9,7 @@ import secrets
 import socket
 import ssl
 
+from app.ollama.endpoints import api_of
 from app.types import Send
 
 
@@ -46,18 +47,9 @@ def classify(exc: BaseException, upstream: str) -> UpstreamError:
     return UpstreamError("protocol", f"invalid response from Ollama at {upstream}: {exc}")
 
 
-def api_flavour(path: str) -> str:
-    """Which API's error shape a path expects: ``anthropic``, ``openai`` or ``ollama``."""
-    if path.startswith("/v1/messages"):
-        return "anthropic"
-    if path.startswith("/v1/"):
-        return "openai"
-    return "ollama"
-
-
 def error_payload(path: str, message: str) -> dict[str, object]:
     """The JSON error object that the path's clients parse."""
-    flavour = api_flavour(path)
+    flavour = api_of(path)
     if flavour == "openai":
         return {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
     if flavour == "anthropic":
@@ -99,7 +91,7 @@ def stream_error_event(
         start = b""
     else:
         start = b"\n" if after.endswith(b"\n") else b"\n\n"
-    if api_flavour(path) == "anthropic":
+    if api_of(path) == "anthropic":
         return start + b"event: error\ndata: " + data + b"\n\n"
     return start + b"data: " + data + b"\n\n"
 

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -43,6 +44,12 @@ def child_environment(
     for name in _PROXY_VARIABLES:
         env.pop(name, None)
     return env
+
+
+def upstream_address(url: str) -> str:
+    """host:port of the upstream URL, as OLLAMA_HOST for the Ollama that serve starts."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec

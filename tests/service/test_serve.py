@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from app.main import upstream_address
 from app.service.binary import find_ollama
 from app.service.ports import describe_port_owner
-from app.service.supervisor import child_environment
+from app.service.supervisor import upstream_address, child_environment
 from tests.emulator import EmulatorServer
 from tests.support import ProxyProcess, free_port
 
@@ -56,6 +55,7 @@ def test_find_ollama_prefers_ollama_bin_then_path(
     assert find_ollama(None) == str(on_path / "ollama")
 
 
+@pytest.mark.process
 def test_port_owner_sentences(emulator: EmulatorServer) -> None:
     assert describe_port_owner("127.0.0.1", free_port()) is None
     owner = describe_port_owner("127.0.0.1", emulator.port)

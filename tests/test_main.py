@@ -1,0 +1,89 @@
+"""The app factory in-process: what it builds for a configuration, and in which order."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from app.config import Settings
+from app.lifecycle import name_of
+from app.main import ProxyApp, create_app
+from app.middleware.api_keys import ApiKeyAdmission
+from app.middleware.dot_segments import DotSegmentGuard
+from app.middleware.own_paths import Dispatch
+from app.proxy.relay import Forwarder
+from tests.asgi import call, http_scope
+
+# Nothing listens here: a request the factory forwards fails to connect (502).
+NOWHERE = "http://127.0.0.1:9"
+
+
+def build(tmp_path: Path, **settings: object) -> ProxyApp:
+    return create_app(Settings(analytics_dir=tmp_path, ollama_upstream=NOWHERE, **settings))
+
+
+def test_components_start_in_dependency_order(tmp_path: Path) -> None:
+    app = ProxyApp(
+        Settings(analytics_dir=tmp_path, ollama_upstream=NOWHERE), ollama_binary="/bin/false"
+    )
+    assert [name_of(component) for component in app.components()] == [
+        "OllamaSupervisor",  # Ollama answers before anything reaches for it
+        "http client",
+        "upstream pool",
+        "analytics migration",
+        "analytics writer",
+        "ModelPoller",
+    ]
+
+
+def test_what_is_left_out_is_not_started(tmp_path: Path) -> None:
+    app = build(tmp_path, analytics_backend="jsonl", ps_poll_interval=0)
+    assert [name_of(component) for component in app.components()] == [
+        "http client",
+        "upstream pool",
+        "analytics writer",
+    ]
+
+
+def test_the_own_paths_are_the_apis_routes(tmp_path: Path) -> None:
+    app = build(tmp_path)
+    assert isinstance(app.asgi, Dispatch)
+    own = app.asgi.own
+    for path in ("/metrics", "/test", "/docs", "/openapi.json", "/ui", "/ui/app.js"):
+        assert path in own, path
+    for path in ("/analytics/search", "/analytics/records/01J", "/analytics/nothing"):
+        assert path in own, path
+    for path in ("/", "/api/tags", "/api/chat", "/v1/models", "/redoc", "/metrics/x"):
+        assert path not in own, path
+
+
+def test_ollamas_paths_are_forwarded_and_own_ones_answered(tmp_path: Path) -> None:
+    app = build(tmp_path)
+    forwarded = asyncio.run(call(app.asgi, http_scope("/api/tags")))
+    assert forwarded.status == 502  # it went for Ollama, which is not there
+    assert "cannot connect to Ollama" in forwarded.json()["error"]
+    metrics = asyncio.run(call(app.asgi, http_scope("/metrics")))
+    assert metrics.status == 200
+    assert b"ollama_upstream_up 0.0" in metrics.body  # that attempt could not connect
+
+
+def test_with_keys_the_proxied_paths_and_test_need_one(tmp_path: Path) -> None:
+    app = build(tmp_path, proxy_api_keys=SecretStr("ci:sk-1"))
+    assert isinstance(app.asgi, ApiKeyAdmission)
+    for path in ("/api/tags", "/test"):
+        assert asyncio.run(call(app.asgi, http_scope(path))).status == 401, path
+    for path in ("/metrics", "/openapi.json", "/ui/"):
+        assert asyncio.run(call(app.asgi, http_scope(path))).status == 200, path
+
+
+def test_the_dot_segment_guard_stands_only_under_a_base_path(tmp_path: Path) -> None:
+    at_root = build(tmp_path)
+    assert isinstance(at_root.asgi, Dispatch)
+    assert isinstance(at_root.asgi.forward, Forwarder)
+    under = create_app(Settings(analytics_dir=tmp_path, ollama_upstream=NOWHERE + "/ollama"))
+    assert isinstance(under.asgi, Dispatch)
+    assert isinstance(under.asgi.forward, DotSegmentGuard)
+    refused = asyncio.run(call(under.asgi, http_scope("/x", raw_path=b"/../api/tags")))
+    assert refused.status == 400
