@@ -1,19 +1,11 @@
 """The app factory: builds every component from the settings, wires them, and nothing else.
 
-    client ──▶ ApiKeyAdmission ──▶ Dispatch ──▶ Forwarder (app.proxy) ──▶ Ollama
-               (app.middleware)       │               │ feeds
-                                      │               ▼
-                                      │          ExchangeTap (app.exchange, reads with
-                                      │               │        app.ollama, app.categories)
-                                      │               │ finished ExchangeRecord
-                                      │               ▼
-                                      │          Instruments (app.metrics), AccessLog,
-                                      │          AnalyticsWriter (app.analytics)
-                                      └──▶ own API (app.api): /metrics, /test, /analytics/*, /ui
-
-Only this module knows every package; each component gets what it needs passed in. The
-policies on the way in (API keys, dot segments, own paths) are ``app.middleware``'s; the
-order components start and stop in is ``app.lifecycle``'s.
+The request path it wires is drawn in ``docs/architecture.md``: API-key admission, then
+own paths to the proxy's API (``app.api``) and everything else to the forwarder
+(``app.proxy``), whose tap (``app.exchange``) hands each finished record to the metrics,
+the access log and the analytics writer. Only this module knows every package; each
+component gets what it needs passed in. The policies on the way in are
+``app.middleware``'s; the order components start and stop in is ``app.lifecycle``'s.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ label value) and to analytics (a column and a filter).
   validation and the match itself.
 - ``prefilter``: how most patterns are never searched (literal gates before each regex).
 
-Imports nothing of the app but itself: neither metrics nor storage.
+Must not import: anything of ``app`` but itself (it is handed prompts and returns names).
 """
 
 from app.categories.categoriser import Categoriser

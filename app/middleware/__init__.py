@@ -1,9 +1,5 @@
 """Policies that stand between the client and the forwarder, one per module, each a small
-ASGI wrapper (starlette's ``middleware/`` is the model)::
-
-    client ──▶ ApiKeyAdmission ──▶ Dispatch ──▶ own API (app.api)
-               (api_keys)          (own_paths)  └─▶ DotSegmentGuard ──▶ Forwarder (app.proxy)
-                                                    (dot_segments)
+ASGI wrapper (starlette's ``middleware/`` is the model), in the order a request meets them:
 
 - ``api_keys``: with ``PROXY_API_KEYS`` set, a proxied request (and ``/test``) must present
   a key; without one the answer is 401 and nothing goes upstream.
@@ -14,4 +10,7 @@ ASGI wrapper (starlette's ``middleware/`` is the model)::
 
 Each knows only the ASGI types, ``app.auth`` and ``app.proxy.errors`` (for the error
 shapes); what it wraps is handed to it by the app factory (``app.main``).
+
+Must not import: ``app.exchange``, ``app.record``, ``app.metrics``, ``app.analytics``,
+``app.api``, ``app.main``.
 """

@@ -11,10 +11,15 @@ The flow of one request::
 - ``connection``: one connection to Ollama, an asyncio protocol with httptools' response
   parser: the request goes out as the client sent it, the answer comes back in the pieces
   it arrives in, never decoded or decompressed.
-- ``errors``: upstream failures translated once into Ollama-, OpenAI- or Anthropic-shaped errors.
+- ``errors``: upstream failures translated once into Ollama-, OpenAI- or Anthropic-shaped
+  errors (which shape a path gets is ``app.ollama.endpoints.api_of``'s to say).
 - ``relay``: the ASGI forwarder itself: streams the request body up and the response down,
   and cancels the upstream request when the client goes away.
 
-This package knows nothing of metrics or storage: it reports what happened to an
-``Observer`` that the app wiring supplies.
+Owns the bytes on the wire and the connections to Ollama. It knows nothing of records,
+metrics or storage: it reports what happened to a ``relay.Tap`` that the app wiring
+supplies (``app.exchange.ExchangeTap``).
+
+Must not import: ``app.record``, ``app.exchange``, ``app.metrics``, ``app.analytics``,
+``app.api``, ``app.middleware``, ``app.categories``, ``app.main``.
 """
