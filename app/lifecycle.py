@@ -1,8 +1,9 @@
 """The proxy's lifespan: its components started in order and stopped in reverse.
 
 A component is anything with ``async start()`` and ``async stop()`` (the Ollama supervisor,
-the ``/api/ps`` poller); :class:`Step` makes one of two callables where the names differ
-(the upstream pool's ``open``/``close``, the analytics writer's drain). The app factory
+the upstream pool, the analytics writer, the ``/api/ps`` poller); :class:`Step` makes one of
+two callables where there is only one half (the shared HTTP client's ``aclose``, the
+store's migration at start). The app factory
 lists them in the order they must start: what a component needs starts before it.
 
 - Start: each in order. If one fails, the ones already started are stopped in reverse and

@@ -63,6 +63,7 @@ class ProxyApp:
                 store_prompts=settings.analytics_store_prompts,
                 max_text_bytes=settings.analytics_max_text_bytes,
                 retention_days=settings.analytics_retention_days,
+                drain_seconds=settings.analytics_drain_seconds,
             )
             sinks.append(self.writer)
         categoriser = (
@@ -129,23 +130,18 @@ class ProxyApp:
 
     def components(self) -> list[Component]:
         """What the lifespan starts, in this order (and stops in reverse)."""
-        settings = self.settings
         # Before the proxy binds its port: Ollama answers first.
-        started: list[Component] = [self.supervisor] if self.supervisor else []
-        started.append(Step("http client", stop=self.http.aclose))
-        started.append(Step("upstream pool", start=self.upstream.open, stop=self.upstream.close))
-        if self.store is not None and settings.analytics_auto_migrate:
-            started.append(Step("analytics migration", start=self.store.start))
-        if self.writer is not None:
-            writer = self.writer
-
-            async def drain() -> None:
-                await writer.stop(settings.analytics_drain_seconds)
-
-            started.append(Step("analytics writer", start=writer.start, stop=drain))
-        if self.poller is not None:
-            started.append(self.poller)
-        return started
+        started: list[Component | None] = [
+            self.supervisor,
+            Step("http client", stop=self.http.aclose),
+            self.upstream,
+            Step("analytics migration", start=self.store.start)
+            if self.store is not None and self.settings.analytics_auto_migrate
+            else None,
+            self.writer,
+            self.poller,
+        ]
+        return [component for component in started if component is not None]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -31,9 +31,9 @@ def test_components_start_in_dependency_order(tmp_path: Path) -> None:
     assert [name_of(component) for component in app.components()] == [
         "OllamaSupervisor",  # Ollama answers before anything reaches for it
         "http client",
-        "upstream pool",
+        "Upstream",
         "analytics migration",
-        "analytics writer",
+        "AnalyticsWriter",
         "ModelPoller",
     ]
 
@@ -42,8 +42,8 @@ def test_what_is_left_out_is_not_started(tmp_path: Path) -> None:
     app = build(tmp_path, analytics_backend="jsonl", ps_poll_interval=0)
     assert [name_of(component) for component in app.components()] == [
         "http client",
-        "upstream pool",
-        "analytics writer",
+        "Upstream",
+        "AnalyticsWriter",
     ]
 
 

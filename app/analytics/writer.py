@@ -95,6 +95,7 @@ class AnalyticsWriter:
         store_prompts: bool = True,
         max_text_bytes: int = 256 * 1024,
         retention_days: float = 7.0,
+        drain_seconds: float = 10.0,
     ) -> None:
         self.metrics = metrics
         self.lanes = [_Lane(backend, queue_size, metrics) for backend in backends]
@@ -104,6 +105,7 @@ class AnalyticsWriter:
         self.store_prompts = store_prompts
         self.max_text_bytes = max_text_bytes
         self.retention_days = retention_days
+        self.drain_seconds = drain_seconds
         self.stopping = False
         self.retention_task: asyncio.Task[None] | None = None
 
@@ -129,8 +131,11 @@ class AnalyticsWriter:
         if self.retention_days > 0:
             self.retention_task = asyncio.create_task(self._retain(), name="analytics-retention")
 
-    async def stop(self, drain_seconds: float = 10.0) -> None:
-        """Write what is queued (up to ``drain_seconds``), then stop; the rest is counted."""
+    async def stop(self, drain_seconds: float | None = None) -> None:
+        """Write what is queued (for up to ``drain_seconds``, by default the writer's own),
+        then stop; the rest is counted."""
+        if drain_seconds is None:
+            drain_seconds = self.drain_seconds
         self.stopping = True
         if self.retention_task is not None:
             self.retention_task.cancel()

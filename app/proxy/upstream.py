@@ -59,10 +59,11 @@ class Upstream:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closing = False
 
-    async def open(self) -> None:
+    async def start(self) -> None:
         self._closing = False
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """Close the idle connections; those in use close when their exchange ends."""
         self._closing = True
         for conn in self._idle:
             conn.close()

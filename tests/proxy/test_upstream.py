@@ -93,7 +93,7 @@ async def serving(
         try:
             yield server, pool
         finally:
-            await pool.close()
+            await pool.stop()
 
 
 def head_for(method: str, path: bytes, body_length: int | None = 0) -> bytes:
@@ -124,6 +124,7 @@ def keep_alive(answer: bytes = OK) -> Handler:
     return handler
 
 
+@pytest.mark.process
 def test_connections_are_reused_after_complete_answers() -> None:
     async def main() -> None:
         async with serving(keep_alive()) as (server, pool):
@@ -134,6 +135,7 @@ def test_connections_are_reused_after_complete_answers() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_connection_close_answer_is_read_whole_and_not_reused() -> None:
     answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
 
@@ -161,6 +163,7 @@ def _closes_idle_connections() -> Handler:
     return handler
 
 
+@pytest.mark.process
 def test_idempotent_request_on_a_stale_connection_is_sent_again() -> None:
     async def main() -> None:
         async with serving(_closes_idle_connections()) as (server, pool):
@@ -171,6 +174,7 @@ def test_idempotent_request_on_a_stale_connection_is_sent_again() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_post_on_a_stale_connection_is_a_clear_error_not_a_retry() -> None:
     async def main() -> None:
         async with serving(_closes_idle_connections()) as (server, pool):
@@ -185,6 +189,7 @@ def test_post_on_a_stale_connection_is_a_clear_error_not_a_retry() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_head_answers_end_with_their_head_and_keep_the_connection() -> None:
     answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 295\r\n\r\n"
 
@@ -209,6 +214,7 @@ def test_head_answers_end_with_their_head_and_keep_the_connection() -> None:
     run(main())
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
 def test_answers_without_body(status: bytes) -> None:
     answer = b"HTTP/1.1 " + status + b"\r\nDate: x\r\n\r\n"
@@ -222,6 +228,7 @@ def test_answers_without_body(status: bytes) -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_body_without_length_ends_with_the_connection() -> None:
     async def handler(
         server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -240,6 +247,7 @@ def test_body_without_length_ends_with_the_connection() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_answer_split_at_every_byte_arrives_whole() -> None:
     answer = (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
@@ -274,6 +282,7 @@ async def _pieces(*pieces: bytes) -> AsyncIterator[bytes]:
         yield piece
 
 
+@pytest.mark.process
 def test_streamed_bodies_go_chunked_without_a_length_and_raw_with_one() -> None:
     async def main() -> None:
         async with serving(keep_alive()) as (server, pool):
@@ -296,6 +305,7 @@ def test_streamed_bodies_go_chunked_without_a_length_and_raw_with_one() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_an_early_answer_to_an_upload_is_relayed() -> None:
     async def handler(
         server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -322,6 +332,7 @@ def test_an_early_answer_to_an_upload_is_relayed() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_the_connection_cap_queues_requests() -> None:
     async def main() -> None:
         async with serving(keep_alive(), max_connections=1) as (server, pool):
@@ -331,6 +342,7 @@ def test_the_connection_cap_queues_requests() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_waiting_for_a_capped_pool_times_out_like_a_connect() -> None:
     async def hang(
         server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -351,6 +363,7 @@ def test_waiting_for_a_capped_pool_times_out_like_a_connect() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_refused_connection_is_a_connect_error() -> None:
     async def main() -> None:
         async with Server(keep_alive()) as server:
@@ -364,6 +377,7 @@ def test_refused_connection_is_a_connect_error() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_answer_cut_mid_body_is_a_reset() -> None:
     async def handler(
         server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -384,6 +398,7 @@ def test_answer_cut_mid_body_is_a_reset() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_garbage_is_a_protocol_error() -> None:
     async def handler(
         server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -402,6 +417,7 @@ def test_garbage_is_a_protocol_error() -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_abandoned_exchange_closes_the_connection() -> None:
     """A client that leaves mid-answer: the connection is closed, which Ollama sees."""
 
@@ -476,6 +492,7 @@ def test_upstream_url_parts() -> None:
     ]
 
 
+@pytest.mark.process
 def test_bytes_after_a_complete_answer_retire_the_connection() -> None:
     async def main() -> None:
         extra = keep_alive(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
