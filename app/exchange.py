@@ -18,9 +18,10 @@ from typing import Protocol
 from app.auth import SCOPE_KEY
 from app.ollama.endpoints import Endpoint, classify
 from app.ollama.requests import NO_FACTS, RequestFacts, read_request
-from app.ollama.streams import Answer, Reader, reader_for, valid_text
+from app.ollama.streams import Answer, Reader, reader_for
 from app.proxy.headers import STREAM_CONTENT_TYPES
 from app.record import ExchangeRecord, new_record_id
+from app.text import valid_text
 from app.types import Scope
 
 log = logging.getLogger(__name__)

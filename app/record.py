@@ -1,11 +1,17 @@
-"""The finished record of one proxied request: what metrics and analytics receive."""
+"""The finished record of one proxied request: what metrics and analytics receive.
+
+``STORED`` declares, once, which of its fields analytics keeps and how: the table columns
+(``app.analytics.tables``), the row every backend writes (``app.analytics.rows``, so the
+JSON lines and Loki entries too) and the ``/analytics`` response models (``app.api``) follow
+from it. Storing one more field is one more ``Stored`` line, plus its Alembic migration.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -94,3 +100,74 @@ def _rate(count: int | None, seconds: float | None) -> float | None:
     if not count or not seconds:
         return None
     return count / seconds
+
+
+Kind = Literal["label", "text", "flag", "integer", "bytes", "seconds", "rate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """How analytics stores one field and serves it. ``kind``:
+
+    - ``label``: a short string of at most ``size`` characters (cut to it);
+    - ``text``: free text, cut to ``size`` characters; without a size, to the text budget
+      (``ANALYTICS_MAX_TEXT_BYTES``, in UTF-8 bytes), where a cut sets ``truncated``;
+    - ``flag``: a bool; ``integer``: an int (32 bits); ``bytes``: a byte count (64 bits);
+      ``seconds``: a time or a duration; ``rate``: something per second (both floats).
+
+    Every string is stored without the characters some store cannot hold (``app.text``). An
+    empty string is stored as None when ``nullable``; a None as "" when not.
+    """
+
+    name: str
+    kind: Kind
+    size: int | None = None
+    nullable: bool = False
+    private: bool = False  # what was said: empty unless ANALYTICS_STORE_PROMPTS
+    summary: bool = True  # in search results, not only in the full record
+    filtered: bool = False  # indexed as (name, id), for /analytics/search to filter on
+    key: bool = False  # the primary key
+
+    def __post_init__(self) -> None:
+        if self.kind == "label" and self.size is None:
+            raise ValueError(f"{self.name}: a label needs a size")
+        if self.kind not in ("label", "text") and self.size is not None:
+            raise ValueError(f"{self.name}: only a label or a text has a size")
+
+
+# In column order, which is also the order of each row's keys and of the response fields.
+STORED: tuple[Stored, ...] = (
+    Stored("id", "label", 26, key=True),  # a ULID: sorts by time
+    Stored("timestamp", "seconds"),  # Unix seconds, UTC
+    Stored("method", "label", 16),
+    Stored("path", "text", 2048),
+    Stored("endpoint", "label", 64, filtered=True),
+    Stored("model", "label", 255, filtered=True),
+    Stored("category", "label", 32, filtered=True),
+    Stored("client", "label", 64),
+    Stored("user_agent", "text", 1024),
+    Stored("api_key", "label", 64, nullable=True, filtered=True),  # a name, never the key
+    Stored("status", "integer", filtered=True),
+    Stored("streamed", "flag"),
+    Stored("prompt", "text", private=True),
+    Stored("request_body", "text", private=True, summary=False),
+    Stored("response", "text", private=True),
+    Stored("thinking", "text", private=True, summary=False),
+    Stored("tool_calls", "text", private=True, summary=False),  # as JSON
+    Stored("error", "text"),
+    Stored("upstream_error", "label", 16, nullable=True),
+    Stored("done_reason", "label", 32, nullable=True),
+    Stored("cancelled", "flag"),
+    Stored("truncated", "flag"),  # text_truncated, or a text cut to the budget when stored
+    Stored("duration_s", "seconds"),
+    Stored("ttft_s", "seconds", nullable=True),
+    Stored("ollama_total_s", "seconds", nullable=True),
+    Stored("ollama_load_s", "seconds", nullable=True),
+    Stored("ollama_prompt_eval_s", "seconds", nullable=True),
+    Stored("ollama_eval_s", "seconds", nullable=True),
+    Stored("prompt_tokens", "integer", nullable=True),
+    Stored("completion_tokens", "integer", nullable=True),
+    Stored("tokens_per_second", "rate", nullable=True),
+    Stored("request_bytes", "bytes"),
+    Stored("response_bytes", "bytes"),
+)

@@ -41,13 +41,14 @@ from io import FileIO
 from pathlib import Path
 from typing import Any
 
+from app.text import encodable
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = re.compile(r"requests-(\d{4}-\d{2}-\d{2})\.jsonl\.gz")
 
 _GZIP_MAGIC = b"\x1f\x8b\x08"  # ID1, ID2, CM=deflate: where a member can start
 _READ_CHUNK = 1 << 20
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def compact_json(value: Any) -> str:
@@ -59,7 +60,7 @@ def compact_json(value: Any) -> str:
     fail forever.
     """
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    if _SURROGATE.search(text):
+    if not encodable(text):
         return json.dumps(value, separators=(",", ":"), default=str)
     return text
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from app.record import ExchangeRecord
-
-# Text columns, capped at ANALYTICS_MAX_TEXT_BYTES (UTF-8 bytes) each.
-TEXT_FIELDS = ("prompt", "request_body", "response", "thinking", "tool_calls", "error")
+from app.record import STORED, ExchangeRecord, Stored
+from app.text import storable
 
 
 class RejectedRows(Exception):
@@ -32,73 +30,49 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-# What no store can hold: NUL (PostgreSQL text) and lone surrogates (not UTF-8; only a JSON
-# escape such as \ud800 makes one). Each becomes U+FFFD in the stored text.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+def to_row(
+    record: ExchangeRecord,
+    *,
+    store_prompts: bool,
+    max_text_bytes: int,
+    fields: Sequence[Stored] = STORED,
+) -> dict[str, Any]:
+    """The row for ``record``: each of ``fields`` stored as its declaration says (see
+    ``app.record.Stored``). With ``store_prompts`` off, every private text is empty."""
+    row: dict[str, Any] = {}
+    cut_any = False
+    for field in fields:
+        name = field.name
+        if field.kind != "label" and field.kind != "text":
+            # Stored as it is; ``truncated`` also tells of the texts cut below.
+            row[name] = record.text_truncated if name == "truncated" else getattr(record, name)
+        elif field.private and not store_prompts:
+            row[name] = ""
+        else:
+            value = _tool_calls(record) if name == "tool_calls" else getattr(record, name)
+            row[name], cut = _text(value, field, max_text_bytes)
+            cut_any = cut_any or cut
+    if cut_any:
+        row["truncated"] = True
+    return row
 
 
-def storable(text: str) -> str:
-    return _UNSTORABLE.sub("\ufffd", text)
+def _tool_calls(record: ExchangeRecord) -> str:
+    return json.dumps(record.tool_calls, ensure_ascii=False) if record.tool_calls else ""
 
 
-def cap(text: str, limit: int) -> tuple[str, bool]:
-    """``text`` made storable and cut to at most ``limit`` UTF-8 bytes (on a character
-    boundary)."""
-    text = storable(text)
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text, False
-    return data[:limit].decode("utf-8", "ignore"), True
+def _text(value: str | None, field: Stored, budget: int) -> tuple[str | None, bool]:
+    """``value`` as ``field`` stores it, and whether it was cut to the text budget (in
+    UTF-8 bytes, on a character boundary).
 
-
-def to_row(record: ExchangeRecord, *, store_prompts: bool, max_text_bytes: int) -> dict[str, Any]:
-    """The row for ``record``. With ``store_prompts`` off, every text field is empty."""
-    texts = {
-        "prompt": record.prompt,
-        "request_body": record.request_body,
-        "response": record.response,
-        "thinking": record.thinking,
-        "tool_calls": json.dumps(record.tool_calls, ensure_ascii=False)
-        if record.tool_calls
-        else "",
-        "error": record.error or "",
-    }
-    truncated = record.text_truncated
-    for name, value in texts.items():
-        if not store_prompts and name != "error":
-            texts[name] = ""
-            continue
-        texts[name], cut = cap(value, max_text_bytes)
-        truncated = truncated or cut
-    # Client-chosen strings are cut to their column sizes: one over-long model name must not
-    # make a whole batch fail (and be retried) forever.
-    return {
-        "id": record.id,
-        "timestamp": record.timestamp,
-        "method": storable(record.method[:16]),
-        "path": storable(record.path[:2048]),
-        "endpoint": record.endpoint,
-        "model": storable(record.model[:255]),
-        "category": record.category,
-        "client": record.client[:64],
-        "user_agent": storable(record.user_agent[:1024]),
-        "api_key": record.api_key,
-        "status": record.status,
-        "streamed": record.streamed,
-        **texts,
-        "upstream_error": record.upstream_error,
-        "done_reason": storable(record.done_reason[:32]) if record.done_reason else None,
-        "cancelled": record.cancelled,
-        "truncated": truncated,
-        "duration_s": record.duration_s,
-        "ttft_s": record.ttft_s,
-        "ollama_total_s": record.ollama_total_s,
-        "ollama_load_s": record.ollama_load_s,
-        "ollama_prompt_eval_s": record.ollama_prompt_eval_s,
-        "ollama_eval_s": record.ollama_eval_s,
-        "prompt_tokens": record.prompt_tokens,
-        "completion_tokens": record.completion_tokens,
-        "tokens_per_second": record.tokens_per_second,
-        "request_bytes": record.request_bytes,
-        "response_bytes": record.response_bytes,
-    }
+    Client-chosen strings are cut to their column sizes: one over-long model name must not
+    make a whole batch fail (and be retried) forever."""
+    if not value:
+        return None if field.nullable else "", False
+    if field.size is not None:
+        return storable(value[: field.size]), False
+    value = storable(value)
+    data = value.encode("utf-8")
+    if len(data) <= budget:
+        return value, False
+    return data[:budget].decode("utf-8", "ignore"), True

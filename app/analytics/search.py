@@ -31,11 +31,9 @@ from sqlalchemy import (
 )
 
 from app.analytics.tables import requests
-from app.record import ulid_floor, ulid_ms
+from app.record import STORED, ulid_floor, ulid_ms
 
-SUMMARY_COLUMNS = [
-    c for c in requests.c if c.name not in ("request_body", "thinking", "tool_calls")
-]
+SUMMARY_COLUMNS = [requests.c[field.name] for field in STORED if field.summary]
 _WORD = re.compile(r"\w+", re.UNICODE)
 RARE_DOCS = 5_000  # at most this many matching records: look them all up and sort
 FIRST_SLICE_MS = 60_000

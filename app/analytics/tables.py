@@ -1,6 +1,7 @@
 """The tables every SQL store shares. ``migrations/`` creates and evolves them.
 
-``requests`` holds one row per request. The ``requests_hourly*`` rollups hold, per UTC hour,
+``requests`` holds one row per request, a column per field that ``app.record.STORED``
+declares. The ``requests_hourly*`` rollups hold, per UTC hour,
 what ``/analytics/stats`` needs (see ``app.analytics.rollups``); the store updates them in
 the same transaction as the rows they summarise.
 
@@ -16,6 +17,9 @@ excluded from ``alembic check`` in ``migrations/env.py``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -28,52 +32,40 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.types import TypeEngine
+
+from app.record import STORED, Kind, Stored
+
+_TYPES: dict[Kind, type[TypeEngine[Any]]] = {
+    "text": Text,
+    "flag": Boolean,
+    "integer": Integer,
+    "bytes": BigInteger,
+    "seconds": Double,
+    "rate": Double,
+}
+
+
+def column(field: Stored) -> Column[Any]:
+    """The column that stores ``field`` (see ``app.record.Stored``)."""
+    type_ = String(field.size) if field.kind == "label" else _TYPES[field.kind]
+    return Column(field.name, type_, primary_key=field.key, nullable=field.nullable)
+
+
+def requests_table(metadata: MetaData, fields: Sequence[Stored] = STORED) -> Table:
+    """``requests``: one column per stored field, an index per filtered one."""
+    return Table(
+        "requests",
+        metadata,
+        *(column(field) for field in fields),
+        Index("ix_requests_timestamp", "timestamp"),  # retention and rollups select by time
+        *(Index(f"ix_requests_{f.name}_id", f.name, "id") for f in fields if f.filtered),
+    )
+
 
 metadata = MetaData()
 
-requests = Table(
-    "requests",
-    metadata,
-    Column("id", String(26), primary_key=True),  # ULID: sorts by time
-    Column("timestamp", Double, nullable=False),  # Unix seconds, UTC
-    Column("method", String(16), nullable=False),
-    Column("path", Text, nullable=False),
-    Column("endpoint", String(64), nullable=False),
-    Column("model", String(255), nullable=False),
-    Column("category", String(32), nullable=False),
-    Column("client", String(64), nullable=False),
-    Column("user_agent", Text, nullable=False),
-    Column("api_key", String(64)),  # the key's name (app.auth), never the key
-    Column("status", Integer, nullable=False),
-    Column("streamed", Boolean, nullable=False),
-    Column("prompt", Text, nullable=False),
-    Column("request_body", Text, nullable=False),
-    Column("response", Text, nullable=False),
-    Column("thinking", Text, nullable=False),
-    Column("tool_calls", Text, nullable=False),
-    Column("error", Text, nullable=False),
-    Column("upstream_error", String(16)),
-    Column("done_reason", String(32)),
-    Column("cancelled", Boolean, nullable=False),
-    Column("truncated", Boolean, nullable=False),
-    Column("duration_s", Double, nullable=False),
-    Column("ttft_s", Double),
-    Column("ollama_total_s", Double),
-    Column("ollama_load_s", Double),
-    Column("ollama_prompt_eval_s", Double),
-    Column("ollama_eval_s", Double),
-    Column("prompt_tokens", Integer),
-    Column("completion_tokens", Integer),
-    Column("tokens_per_second", Double),
-    Column("request_bytes", BigInteger, nullable=False),
-    Column("response_bytes", BigInteger, nullable=False),
-    Index("ix_requests_timestamp", "timestamp"),
-    Index("ix_requests_model_id", "model", "id"),
-    Index("ix_requests_endpoint_id", "endpoint", "id"),
-    Index("ix_requests_category_id", "category", "id"),
-    Index("ix_requests_status_id", "status", "id"),
-    Index("ix_requests_api_key_id", "api_key", "id"),
-)
+requests = requests_table(metadata)
 
 # Per hour (Unix seconds, a multiple of 3600) and model, category and endpoint: the sums
 # behind every total, average and breakdown of the stats. "_n" columns count the rows whose

@@ -4,61 +4,57 @@ No ``from __future__ import annotations`` here: FastAPI reads the route signatur
 definition time, and they name dependencies local to ``create_analytics_router``.
 """
 
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 from app.analytics.sql import SearchQuery, SqlStore
 from app.api.guards import bearer_guard
 from app.ollama.models import normalise_model
+from app.record import STORED, Kind, Stored
 
 _ULID = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 
 
-class RecordSummary(BaseModel):
-    id: str
-    timestamp: str  # ISO-8601, UTC
-    unix_time: float
-    method: str
-    path: str
-    endpoint: str
-    model: str
-    category: str
-    client: str
-    user_agent: str
-    api_key: str | None  # the name of the API key the request presented, never the key
-    status: int
-    streamed: bool
-    prompt: str
-    response: str
-    error: str
-    upstream_error: str | None
-    done_reason: str | None
-    cancelled: bool
-    truncated: bool
-    duration_s: float
-    ttft_s: float | None
-    ollama_total_s: float | None
-    ollama_load_s: float | None
-    ollama_prompt_eval_s: float | None
-    ollama_eval_s: float | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    tokens_per_second: float | None
-    request_bytes: int
-    response_bytes: int
+_PYTHON_TYPES: dict[Kind, type] = {
+    "label": str,
+    "text": str,
+    "flag": bool,
+    "integer": int,
+    "bytes": int,
+    "seconds": float,
+    "rate": float,
+}
 
 
-class Record(RecordSummary):
-    request_body: str
-    thinking: str
-    tool_calls: str
+def _model_fields(fields: Iterable[Stored]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in fields:
+        type_ = _PYTHON_TYPES[field.kind]
+        out[field.name] = (type_ | None if field.nullable else type_, ...)
+        if field.name == "timestamp":
+            # Served as ISO-8601 (UTC) to read, with the Unix seconds after it to compute.
+            out["timestamp"] = (str, ...)
+            out["unix_time"] = (float, ...)
+    return out
+
+
+def response_models(fields: Sequence[Stored]) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The models of a search result's records and of one full record: the summary fields
+    of ``fields``, and then the rest."""
+    summary = create_model("RecordSummary", **_model_fields(f for f in fields if f.summary))
+    full = _model_fields(f for f in fields if not f.summary)
+    return summary, create_model("Record", __base__=summary, **full)
+
+
+RecordSummary, Record = response_models(STORED)
 
 
 class SearchResult(BaseModel):
-    records: list[RecordSummary]
+    records: list[RecordSummary]  # type: ignore[valid-type]  # made by response_models
     next_cursor: str | None
 
 
@@ -182,7 +178,7 @@ def create_analytics_router(
     )
     def record(
         db: Store, record_id: Annotated[str, Path(pattern=_ULID, description="A record's id.")]
-    ) -> Record:
+    ) -> Record:  # type: ignore[valid-type]
         row = db.get(record_id)
         if row is None:
             raise HTTPException(404, detail=f"no record {record_id}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.ollama.endpoints import Shape
+from app.text import valid_text
 
 # The scanner that json.loads ends up in (typeshed types make_scanner as a class).
 _SCAN: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
@@ -51,19 +52,6 @@ def _loads(data: bytes | bytearray) -> Any:
         return json.loads(data)
     except RecursionError as exc:  # nested deeper than the stack: no answer of Ollama's
         raise ValueError("JSON nested too deeply") from exc
-
-
-# A code point that UTF-8 cannot encode: only a JSON escape such as \ud800 makes one.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def valid_text(text: str) -> str:
-    """``text`` with any lone surrogate replaced by U+FFFD, so that it can be stored.
-
-    Decoded bytes never hold one, but JSON may escape one (a broken upstream, a model's
-    split emoji); a database driver then refuses the whole record.
-    """
-    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _valid_json(value: Any) -> Any:
@@ -495,7 +483,8 @@ def read_json_answer(answer: Answer, shape: Shape, obj: dict[str, Any], now: flo
         if isinstance(usage, dict):
             answer.prompt_tokens = _int(usage.get("input_tokens"))
             answer.completion_tokens = _int(usage.get("output_tokens"))
-        for block in obj.get("content") or []:
+        content = obj.get("content")
+        for block in content if isinstance(content, list) else ():
             if isinstance(block, dict):
                 kind = block.get("type")
                 if kind == "text":

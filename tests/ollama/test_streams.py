@@ -12,7 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.ollama.endpoints import Shape, classify
-from app.ollama.streams import MAX_LINE_BYTES, Answer, NdjsonReader, SseReader, reader_for
+from app.ollama.streams import (
+    MAX_LINE_BYTES,
+    Answer,
+    JsonReader,
+    NdjsonReader,
+    SseReader,
+    reader_for,
+)
 from tests.emulator import EmulatorServer
 from tests.support import CHAT
 
@@ -89,6 +96,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
+@pytest.mark.process
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -103,6 +111,7 @@ def test_any_split_gives_the_same_facts_and_bytes(
     assert out == whole_out
 
 
+@pytest.mark.process
 def test_readers_find_what_the_streams_carry(
     captured: list[tuple[Shape, bytes, bytes, bool]],
 ) -> None:
@@ -131,6 +140,7 @@ def test_readers_find_what_the_streams_carry(
     assert openai_json["text"]
 
 
+@pytest.mark.process
 def test_stripping_removes_only_what_the_proxy_asked_for(
     captured: list[tuple[Shape, bytes, bytes, bool]],
 ) -> None:
@@ -196,3 +206,18 @@ def test_text_is_capped_and_flagged() -> None:
         reader.feed(b'{"response":"abcd","done":false}\n', 0.0)
     assert str(answer.text) == "abcdabcdab"
     assert answer.text.truncated is True
+
+
+@pytest.mark.parametrize("content", [5, "text", None, {"type": "text"}, [1, "x"]])
+def test_an_anthropic_answer_whose_content_is_no_list_of_blocks_is_read_past(
+    content: object,
+) -> None:
+    # Found by hypothesis: an int "content" made the reader raise (TypeError).
+    answer = Answer()
+    body = json.dumps(
+        {"content": content, "usage": {"input_tokens": 3, "output_tokens": 4}}
+    ).encode()
+    reader = JsonReader(answer, "anthropic_messages", max_bytes=1 << 20)
+    assert reader.feed(body, 0.0) + reader.end(0.0) == body
+    assert (answer.prompt_tokens, answer.completion_tokens) == (3, 4)
+    assert str(answer.text) == ""
