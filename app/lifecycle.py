@@ -61,14 +61,18 @@ class Lifespan:
                 await self.shutdown()
                 raise
             self.started.append(component)
+        log.info("started: %s", ", ".join(name_of(c) for c in self.started))
 
     async def shutdown(self) -> None:
+        if not self.started:
+            return
         while self.started:
             component = self.started.pop()
             try:
                 await component.stop()
             except Exception:
                 log.exception("could not stop %s", name_of(component))
+        log.info("stopped")
 
     async def __call__(self, receive: Receive, send: Send) -> None:
         while True:

@@ -8,8 +8,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.emulator import EmulatorServer
-from tests.support import ProxyProcess
+from app.analytics.sql import SqlStore, create_store_engine, database_url
+from tests.emulator import EmulatorConfig, EmulatorServer
+from tests.support import SQL_STORES, ProxyProcess, analytics_rows
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -25,6 +26,15 @@ def proxy(emulator: EmulatorServer) -> Iterator[ProxyProcess]:
     ARTIFACTS.mkdir(exist_ok=True)
     with ProxyProcess(emulator.url, log_path=ARTIFACTS / "proxy-session.log") as process:
         yield process
+
+
+@pytest.fixture(scope="module")
+def slow_emulator(request: pytest.FixtureRequest) -> Iterator[EmulatorServer]:
+    """An emulator of the module's own that streams one token per ``TOKEN_DELAY`` seconds,
+    the module's constant (0.05 without one): N tokens take N × that long."""
+    delay = float(getattr(request.module, "TOKEN_DELAY", 0.05))
+    with EmulatorServer(EmulatorConfig(token_delay=delay)) as server:
+        yield server
 
 
 # The PostgreSQL server of this machine kind (trust auth); each run gets fresh databases.
@@ -64,3 +74,35 @@ def postgres() -> Iterator[PostgresDatabases]:
     databases = PostgresDatabases()
     yield databases
     databases.drop_all()
+
+
+@pytest.fixture(scope="module", params=SQL_STORES)
+def loaded_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SqlStore]:
+    """A SQLite, then a PostgreSQL store holding ``analytics_rows()``; one per module, which
+    its tests share (a test may add rows of its own, never change or remove those)."""
+    if request.param == "sqlite":
+        url = database_url(None, tmp_path_factory.mktemp("sqlite"))
+    else:
+        databases: PostgresDatabases = request.getfixturevalue("postgres")
+        url = database_url(databases.create(), Path("/nonexistent"))
+    store = SqlStore(create_store_engine(url))
+    rows = analytics_rows()
+    for start in range(0, len(rows), 1000):
+        store.write(rows[start : start + 1000])
+    yield store
+    store.close()
+
+
+# The servers this file starts for any test that asks: such a test is marked `process` even
+# when its module forgot to say so, so that `-m "not process"` never starts one.
+SERVER_FIXTURES = frozenset({"emulator", "proxy", "slow_emulator"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if uses and item.get_closest_marker("process") is None:
+            item.add_marker(pytest.mark.process)

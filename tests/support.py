@@ -1,10 +1,13 @@
-"""Test helpers: the real proxy as a separate process on a loopback port."""
+"""Test helpers: the real proxy as a separate process on a loopback port, the HTTP peers
+tests stand up in a thread, Prometheus, and the sample records and rows of analytics."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -15,9 +18,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
+import pytest
 
 from app.analytics.rows import to_row
 from app.record import ExchangeRecord, new_record_id
@@ -52,7 +56,7 @@ def wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: f
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
 
@@ -171,6 +175,20 @@ def sample_record(**changes: object) -> ExchangeRecord:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
+class RecordingSink:
+    """An ``app.exchange.Sink`` that keeps what it is told, in order."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[str, str, str]] = []  # (request id, endpoint, model)
+        self.records: list[ExchangeRecord] = []
+
+    def started(self, request_id: str, endpoint: str, model: str) -> None:
+        self.starts.append((request_id, endpoint, model))
+
+    def finished(self, record: ExchangeRecord) -> None:
+        self.records.append(record)
+
+
 def sample_row(**overrides: object) -> dict[str, object]:
     """The analytics row of ``sample_record()``; ``overrides`` replace row fields."""
     row: dict[str, object] = to_row(sample_record(), store_prompts=True, max_text_bytes=1 << 20)
@@ -178,16 +196,112 @@ def sample_row(**overrides: object) -> dict[str, object]:
     return row
 
 
+# The SQL stores an analytics suite runs on (a parametrised fixture's ``params``): the
+# PostgreSQL half is marked, so that ``-m "not postgres"`` keeps the SQLite half.
+SQL_STORES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+# Three days of analytics rows, one a minute and ending at NOW (``analytics_rows``).
+NOW = time.time()
+MODELS = ["llama3.2:latest", "qwen3:latest", "gemma:2b"]
+WORDS = ["sky", "blue", "ocean", "python", "recipe", "river", "garden", "matrix"]
+
+
+def analytics_row(i: int, rng: random.Random) -> dict[str, Any]:
+    """The i-th of ``analytics_rows()``: random but reproducible values from ``rng``."""
+    stamp = NOW - 3 * 86400 + i * 60  # one record a minute, ending now
+    status = rng.choice([200] * 8 + [404, 500])
+    return {
+        "id": new_record_id(stamp),
+        "timestamp": stamp,
+        "method": "POST",
+        "path": "/api/chat",
+        "endpoint": rng.choice(["/api/chat", "/api/generate", "/v1/chat/completions"]),
+        "model": rng.choice(MODELS),
+        "category": rng.choice(["question", "code", "other"]),
+        "client": rng.choice(["10.0.0.1", "10.0.0.2", "127.0.0.1"]),
+        "user_agent": "test",
+        "status": status,
+        "streamed": bool(i % 2),
+        "prompt": " ".join(rng.sample(WORDS, 3)) + f" number{i}",
+        "request_body": "{}",
+        "response": " ".join(rng.sample(WORDS, 2)),
+        "thinking": "",
+        "tool_calls": "",
+        "error": "" if status == 200 else "boom",
+        "upstream_error": None,
+        "done_reason": "stop",
+        "cancelled": False,
+        "truncated": False,
+        "duration_s": round(rng.uniform(0.05, 30), 3),
+        "ttft_s": round(rng.uniform(0.01, 2), 3) if i % 2 else None,
+        "ollama_total_s": None,
+        "ollama_load_s": None,
+        "ollama_prompt_eval_s": None,
+        "ollama_eval_s": None,
+        "prompt_tokens": rng.randint(5, 500),
+        "completion_tokens": rng.randint(1, 900),
+        "tokens_per_second": round(rng.uniform(5, 120), 2),
+        "request_bytes": 100,
+        "response_bytes": 1000,
+    }
+
+
+@functools.cache
+def analytics_rows() -> list[dict[str, Any]]:
+    """The rows the ``loaded_store`` fixture holds (made once; do not change them)."""
+    return [analytics_row(i, random.Random(i)) for i in range(3 * 24 * 60)]
+
+
+def newest_first(**filters: Any) -> list[dict[str, Any]]:
+    """The ``analytics_rows()`` whose fields equal ``filters``, newest first: what a search
+    of the ``loaded_store`` must find."""
+
+    def keep(row: dict[str, Any]) -> bool:
+        return all(row[key] == value for key, value in filters.items())
+
+    rows = (r for r in analytics_rows() if keep(r))
+    return sorted(rows, key=lambda r: r["id"], reverse=True)
+
+
 # (method, path, headers with lower-case names, body) -> (status, content type or None, body)
 Respond = Callable[[str, str, dict[str, str], bytes], tuple[int, str | None, bytes]]
 
 
-class LocalHttpServer:
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps the test output free of access lines."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class ThreadedHttpServer:
+    """A ``ThreadingHTTPServer`` on a free loopback port with ``handler``, served from a
+    thread while inside ``with``: the base of the HTTP peers that tests stand up themselves."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+class LocalHttpServer(ThreadedHttpServer):
     """A threaded HTTP server on a free loopback port; ``respond`` answers every request.
     Stands in for the HTTP peers this project has no binary of (Loki, odd Ollamas)."""
 
     def __init__(self, respond: Respond) -> None:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -205,23 +319,7 @@ class LocalHttpServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-
-    def __enter__(self) -> LocalHttpServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        super().__init__(Handler)
 
 
 @contextlib.contextmanager

@@ -13,12 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy.engine import make_url
 
 from app import __version__
 from tests.conftest import PostgresDatabases
 from tests.emulator import EmulatorServer
 from tests.support import ROOT, ProxyProcess, free_port, wait_until_listening
+
+# Every test runs the installed command in a process of its own.
+pytestmark = pytest.mark.process
 
 
 def console_script() -> str:
@@ -103,7 +107,7 @@ def test_proxy_from_the_readme_forwards_and_stops_on_sigterm(emulator: EmulatorS
     assert answers == [{"version": emulator.config.version}]
     # uvicorn shuts down cleanly, then re-raises the signal so the exit status says why.
     assert status == -signal.SIGTERM
-    assert "app.main: stopped" in output
+    assert "app.lifecycle: stopped" in output
     assert "listening on http://127.0.0.1:" in output
     assert "app.access: GET /api/version 200" in output
 
@@ -148,6 +152,7 @@ def test_db_commands_migrate_the_sqlite_store(tmp_path: Path) -> None:
     assert "at base" in downgraded.stdout
 
 
+@pytest.mark.postgres
 def test_db_upgrade_with_percent_signs_in_the_url(
     tmp_path: Path, postgres: PostgresDatabases
 ) -> None:

@@ -117,6 +117,7 @@ def run_cli(*args: str, env_config: Path | None = None) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.process
 def test_the_cli_names_the_file_and_the_problem(tmp_path: Path) -> None:
     bad = tmp_path / "config.toml"
     bad.write_text("proxy_prot = 1\n")

@@ -46,10 +46,12 @@ def run_protocol(lifespan: Lifespan, *messages: str) -> list[Message]:
     return sent
 
 
-def test_start_in_order_and_stop_in_reverse() -> None:
+def test_start_in_order_and_stop_in_reverse(caplog: pytest.LogCaptureFixture) -> None:
     journal: list[str] = []
     lifespan = Lifespan([Part(name, journal) for name in ("a", "b", "c")])
-    sent = run_protocol(lifespan, "startup", "shutdown")
+    with caplog.at_level(logging.INFO, logger="app.lifecycle"):
+        sent = run_protocol(lifespan, "startup", "shutdown")
+    assert [r.getMessage() for r in caplog.records] == ["started: Part, Part, Part", "stopped"]
     assert [m["type"] for m in sent] == [
         "lifespan.startup.complete",
         "lifespan.shutdown.complete",

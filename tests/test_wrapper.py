@@ -19,6 +19,8 @@ from tests.emulator import EmulatorServer
 from tests.metrics_support import scrape, total
 from tests.support import ROOT, ProxyProcess, free_port, wait_until_listening
 
+pytestmark = pytest.mark.process
+
 FAKE_OLLAMA_DIR = ROOT / "tests" / "fake_ollama"
 SCRIPT = str(Path(sys.executable).parent / "ollama-metrics")
 

@@ -226,6 +226,7 @@ except OSError as exc:
 """
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE semantics")
 def test_an_append_failing_part_way_is_cut_back_so_the_file_stays_whole(tmp_path: Path) -> None:
     first = [make_row(0)]

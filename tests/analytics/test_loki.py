@@ -134,6 +134,7 @@ def backend(loki: LokiReceiver) -> Iterator[LokiBackend]:
     backend.close()
 
 
+@pytest.mark.process
 def test_a_batch_is_one_post_in_the_documented_format(
     loki: LokiReceiver, backend: LokiBackend
 ) -> None:
@@ -150,11 +151,13 @@ def test_a_batch_is_one_post_in_the_documented_format(
     }
 
 
+@pytest.mark.process
 def test_an_empty_batch_sends_nothing(loki: LokiReceiver, backend: LokiBackend) -> None:
     backend.write([])
     assert loki.pushes == []
 
 
+@pytest.mark.process
 def test_streams_stay_few_whatever_the_prompts_ids_and_clients(loki: LokiReceiver) -> None:
     models = ["llama3.2:latest", "qwen3:8b", "gemma3:4b"]
     endpoints = ["/api/chat", "/v1/chat/completions"]
@@ -189,6 +192,7 @@ def test_streams_stay_few_whatever_the_prompts_ids_and_clients(loki: LokiReceive
     }
 
 
+@pytest.mark.process
 def test_junk_model_names_do_not_become_streams(loki: LokiReceiver) -> None:
     backend = LokiBackend(loki.url, max_models=2)
     junk = [make_row(n, model=f"junk-{n}", status=404) for n in range(300)]
@@ -202,6 +206,7 @@ def test_junk_model_names_do_not_become_streams(loki: LokiReceiver) -> None:
     assert second == {"other"}
 
 
+@pytest.mark.process
 def test_each_line_is_the_row_as_json_at_its_timestamp(
     loki: LokiReceiver, backend: LokiBackend
 ) -> None:
@@ -224,6 +229,7 @@ def test_each_line_is_the_row_as_json_at_its_timestamp(
     assert entries[1][0]["model"] == "none"  # Loki would drop an empty label
 
 
+@pytest.mark.process
 def test_values_are_sorted_by_time_within_each_stream(
     loki: LokiReceiver, backend: LokiBackend
 ) -> None:
@@ -236,6 +242,7 @@ def test_values_are_sorted_by_time_within_each_stream(
     assert len(stamps) == 101
 
 
+@pytest.mark.process
 def test_a_retried_batch_is_sent_byte_for_byte_again(
     loki: LokiReceiver, backend: LokiBackend
 ) -> None:
@@ -246,6 +253,7 @@ def test_a_retried_batch_is_sent_byte_for_byte_again(
     assert loki.pushes[0].body == loki.pushes[1].body
 
 
+@pytest.mark.process
 def test_tenant_and_bearer_token_are_sent_and_never_logged(
     loki: LokiReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -264,6 +272,7 @@ def test_tenant_and_bearer_token_are_sent_and_never_logged(
     assert "pushed 1 rows in 1 streams" in caplog.text
 
 
+@pytest.mark.process
 def test_basic_auth_is_sent(loki: LokiReceiver) -> None:
     backend = LokiBackend(loki.url, auth=("user", "pa:ss"))
     backend.write([make_row()])
@@ -273,6 +282,7 @@ def test_basic_auth_is_sent(loki: LokiReceiver) -> None:
     assert "x-scope-orgid" not in loki.pushes[0].headers
 
 
+@pytest.mark.process
 def test_credentials_in_the_url_become_basic_auth_and_stay_out_of_logs(
     loki: LokiReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -287,6 +297,7 @@ def test_credentials_in_the_url_become_basic_auth_and_stay_out_of_logs(
     assert "/loki/api/v1/push" in caplog.text
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 401, 404])
 def test_answers_worth_retrying_raise_loki_error(
     loki: LokiReceiver, backend: LokiBackend, status: int
@@ -299,6 +310,7 @@ def test_answers_worth_retrying_raise_loki_error(
     assert len(str(failure.value)) < 250  # the first 200 characters of the body only
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("status", [400, 413])
 def test_a_refused_batch_raises_loki_rejected(
     loki: LokiReceiver, backend: LokiBackend, status: int
@@ -324,6 +336,7 @@ def test_an_unreachable_loki_raises_loki_error() -> None:
     backend.close()
 
 
+@pytest.mark.process
 def test_a_loki_that_hangs_raises_within_the_timeout(loki: LokiReceiver) -> None:
     loki.hang = 10
     backend = LokiBackend(loki.url, timeout=0.5)
@@ -334,6 +347,7 @@ def test_a_loki_that_hangs_raises_within_the_timeout(loki: LokiReceiver) -> None
     backend.close()
 
 
+@pytest.mark.process
 def test_retention_is_left_to_loki(backend: LokiBackend) -> None:
     assert backend.delete_older_than(time.time()) == 0
 
@@ -372,6 +386,7 @@ def test_status_class(status: object, expected: str) -> None:
     assert status_class(status) == expected
 
 
+@pytest.mark.process
 def test_a_static_app_label_replaces_the_default(loki: LokiReceiver) -> None:
     backend = LokiBackend(loki.url, labels={"app": "proxy-eu", "instance": "gpu-1"})
     backend.write([make_row()])

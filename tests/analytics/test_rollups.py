@@ -18,16 +18,19 @@ from app.analytics.rollups import Aggregate, bucket
 from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
 from app.analytics.tables import hourly, hourly_clients, hourly_latency, requests
 from tests.conftest import PostgresDatabases
-from tests.analytics.test_sql import NOW, ROWS, expected, load_store
+from tests.support import NOW, SQL_STORES, analytics_rows, newest_first
 
 HOUR = 3600
+ROWS = analytics_rows()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresDatabases) -> str:
+@pytest.fixture(params=SQL_STORES)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind."""
     if request.param == "sqlite":
         return database_url(None, tmp_path)
-    return database_url(postgres.create(), tmp_path)
+    databases: PostgresDatabases = request.getfixturevalue("postgres")
+    return database_url(databases.create(), tmp_path)
 
 
 @pytest.fixture
@@ -121,17 +124,6 @@ def nearest(fraction: float, values: list[float]) -> float:
     return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def loaded(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresDatabases,
-) -> Iterator[SqlStore]:
-    store = load_store(request.param, tmp_path_factory, postgres)
-    yield store
-    store.close()
-
-
 @pytest.mark.parametrize(
     "since",
     [
@@ -142,8 +134,8 @@ def loaded(
         0,
     ],
 )
-def test_stats_equal_the_exact_computation(loaded: SqlStore, since: float) -> None:
-    stats = loaded.stats(since)
+def test_stats_equal_the_exact_computation(loaded_store: SqlStore, since: float) -> None:
+    stats = loaded_store.stats(since)
     window = [r for r in ROWS if r["timestamp"] >= since]
     errors = [r for r in window if r["status"] >= 400]
     assert stats["total_requests"] == len(window)
@@ -188,8 +180,8 @@ def test_stats_equal_the_exact_computation(loaded: SqlStore, since: float) -> No
         assert entry["errors"] == sum(1 for r in rows if r["status"] >= 400)
 
 
-def test_stats_of_an_empty_window(loaded: SqlStore) -> None:
-    stats = loaded.stats(NOW + 10 * 86400)
+def test_stats_of_an_empty_window(loaded_store: SqlStore) -> None:
+    stats = loaded_store.stats(NOW + 10 * 86400)
     assert stats["total_requests"] == 0
     assert stats["latency"] == {"avg_s": None, "p50_s": None, "p95_s": None}
     assert stats["models"] == stats["hourly"] == stats["top_clients"] == []
@@ -214,26 +206,28 @@ def test_hours_split_rows_exactly() -> None:
 
 @pytest.mark.parametrize("words", ["sky", "ocean garden", "blue", "number1234"])
 def test_common_words_are_paged_newest_first_slice_by_slice(
-    loaded: SqlStore, words: str, monkeypatch: pytest.MonkeyPatch
+    loaded_store: SqlStore, words: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every word counts as common here, so SQLite takes the slice-by-slice path.
     monkeypatch.setattr(search, "RARE_DOCS", 0)
     monkeypatch.setattr(search, "FIRST_SLICE_MS", 1000)
     want = [
         r["id"]
-        for r in expected()
+        for r in newest_first()
         if set(words.split()) <= set((r["prompt"] + " " + r["response"]).split())
     ]
     seen: list[str] = []
     cursor = None
     while True:
-        rows, cursor = loaded.search(SearchQuery(prompt_search=words, limit=97, cursor=cursor))
+        rows, cursor = loaded_store.search(
+            SearchQuery(prompt_search=words, limit=97, cursor=cursor)
+        )
         seen += [row["id"] for row in rows]
         if cursor is None:
             break
     assert seen == want
     start, end = NOW - 86400, NOW - 40000
-    rows, _ = loaded.search(
+    rows, _ = loaded_store.search(
         SearchQuery(prompt_search=words, model="gemma:2b", start_time=start, end_time=end)
     )
     assert [r["id"] for r in rows] == [
@@ -246,11 +240,11 @@ def test_common_words_are_paged_newest_first_slice_by_slice(
 
 @pytest.mark.parametrize("hostile", ["' OR 1=1 --", '"; DROP TABLE requests; --', "sky*", "💥"])
 def test_hostile_strings_on_the_slice_path(
-    loaded: SqlStore, hostile: str, monkeypatch: pytest.MonkeyPatch
+    loaded_store: SqlStore, hostile: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(search, "RARE_DOCS", 0)
-    rows, _ = loaded.search(SearchQuery(prompt_search=hostile, limit=20))
+    rows, _ = loaded_store.search(SearchQuery(prompt_search=hostile, limit=20))
     words = {w.lower() for w in hostile.replace("*", " ").split() if w.isalnum()}
     for row in rows:
         assert words <= set((row["prompt"] + " " + row["response"]).lower().split())
-    assert loaded.search(SearchQuery(limit=1))[0]
+    assert loaded_store.search(SearchQuery(limit=1))[0]

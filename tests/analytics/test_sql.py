@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import math
-import random
 import re
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,97 +13,22 @@ from sqlalchemy import inspect
 from app.analytics import migrate
 from app.analytics.rollups import bucket
 from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
-from app.record import new_record_id
 from tests.conftest import PostgresDatabases
+from tests.support import MODELS, NOW, analytics_rows, newest_first
 
-NOW = time.time()
-MODELS = ["llama3.2:latest", "qwen3:latest", "gemma:2b"]
-WORDS = ["sky", "blue", "ocean", "python", "recipe", "river", "garden", "matrix"]
-
-
-def make_row(i: int, rng: random.Random) -> dict[str, Any]:
-    stamp = NOW - 3 * 86400 + i * 60  # one record a minute, ending now
-    status = rng.choice([200] * 8 + [404, 500])
-    return {
-        "id": new_record_id(stamp),
-        "timestamp": stamp,
-        "method": "POST",
-        "path": "/api/chat",
-        "endpoint": rng.choice(["/api/chat", "/api/generate", "/v1/chat/completions"]),
-        "model": rng.choice(MODELS),
-        "category": rng.choice(["question", "code", "other"]),
-        "client": rng.choice(["10.0.0.1", "10.0.0.2", "127.0.0.1"]),
-        "user_agent": "test",
-        "status": status,
-        "streamed": bool(i % 2),
-        "prompt": " ".join(rng.sample(WORDS, 3)) + f" number{i}",
-        "request_body": "{}",
-        "response": " ".join(rng.sample(WORDS, 2)),
-        "thinking": "",
-        "tool_calls": "",
-        "error": "" if status == 200 else "boom",
-        "upstream_error": None,
-        "done_reason": "stop",
-        "cancelled": False,
-        "truncated": False,
-        "duration_s": round(rng.uniform(0.05, 30), 3),
-        "ttft_s": round(rng.uniform(0.01, 2), 3) if i % 2 else None,
-        "ollama_total_s": None,
-        "ollama_load_s": None,
-        "ollama_prompt_eval_s": None,
-        "ollama_eval_s": None,
-        "prompt_tokens": rng.randint(5, 500),
-        "completion_tokens": rng.randint(1, 900),
-        "tokens_per_second": round(rng.uniform(5, 120), 2),
-        "request_bytes": 100,
-        "response_bytes": 1000,
-    }
-
-
-ROWS = [make_row(i, random.Random(i)) for i in range(3 * 24 * 60)]
-
-
-def load_store(
-    kind: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabases
-) -> SqlStore:
-    """A new store of ``kind`` (sqlite or postgresql) holding ROWS."""
-    if kind == "sqlite":
-        url = database_url(None, tmp_path_factory.mktemp("sqlite"))
-    else:
-        url = database_url(postgres.create(), Path("/nonexistent"))
-    store = SqlStore(create_store_engine(url))
-    for start in range(0, len(ROWS), 1000):
-        store.write(ROWS[start : start + 1000])
-    return store
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def store(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresDatabases,
-) -> Iterator[SqlStore]:
-    store = load_store(request.param, tmp_path_factory, postgres)
-    yield store
-    store.close()
+ROWS = analytics_rows()
 
 
 def same_bucket(estimate: float, exact: float) -> bool:
     return bucket(estimate) == bucket(exact)
 
 
-def expected(**filters: Any) -> list[dict[str, Any]]:
-    def keep(row: dict[str, Any]) -> bool:
-        return all(row[key] == value for key, value in filters.items())
-
-    return sorted((r for r in ROWS if keep(r)), key=lambda r: r["id"], reverse=True)
+def test_migrations_leave_no_drift_and_go_both_ways(loaded_store: SqlStore) -> None:
+    assert migrate.current(loaded_store.engine) == migrate.head(loaded_store.engine)
+    migrate.check(loaded_store.engine)  # alembic check: models == database
 
 
-def test_migrations_leave_no_drift_and_go_both_ways(store: SqlStore) -> None:
-    assert migrate.current(store.engine) == migrate.head(store.engine)
-    migrate.check(store.engine)  # alembic check: models == database
-
-
+@pytest.mark.postgres
 def test_migrations_downgrade_and_upgrade_cleanly(
     tmp_path: Path, postgres: PostgresDatabases
 ) -> None:
@@ -122,23 +44,25 @@ def test_migrations_downgrade_and_upgrade_cleanly(
         engine.dispose()
 
 
-def test_a_retried_batch_is_not_stored_twice(store: SqlStore) -> None:
-    store.write(ROWS[:10])
-    rows, _ = store.search(
+def test_a_retried_batch_is_not_stored_twice(loaded_store: SqlStore) -> None:
+    loaded_store.write(ROWS[:10])
+    rows, _ = loaded_store.search(
         SearchQuery(limit=1000, start_time=ROWS[0]["timestamp"] - 1, end_time=ROWS[10]["timestamp"])
     )
     assert len(rows) == 10
 
 
-def test_paging_returns_every_record_once_newest_first(store: SqlStore) -> None:
+def test_paging_returns_every_record_once_newest_first(loaded_store: SqlStore) -> None:
     seen: list[str] = []
     cursor = None
     while True:
-        rows, cursor = store.search(SearchQuery(model="qwen3:latest", limit=333, cursor=cursor))
+        rows, cursor = loaded_store.search(
+            SearchQuery(model="qwen3:latest", limit=333, cursor=cursor)
+        )
         seen += [row["id"] for row in rows]
         if cursor is None:
             break
-    assert seen == [r["id"] for r in expected(model="qwen3:latest")]
+    assert seen == [r["id"] for r in newest_first(model="qwen3:latest")]
 
 
 @pytest.mark.parametrize(
@@ -149,26 +73,30 @@ def test_paging_returns_every_record_once_newest_first(store: SqlStore) -> None:
         {"model": "gemma:2b", "endpoint": "/v1/chat/completions"},
     ],
 )
-def test_filters(store: SqlStore, filters: dict[str, Any]) -> None:
-    rows, _ = store.search(SearchQuery(limit=1000, **filters))
-    assert [r["id"] for r in rows] == [r["id"] for r in expected(**filters)][:1000]
+def test_filters(loaded_store: SqlStore, filters: dict[str, Any]) -> None:
+    rows, _ = loaded_store.search(SearchQuery(limit=1000, **filters))
+    assert [r["id"] for r in rows] == [r["id"] for r in newest_first(**filters)][:1000]
 
 
-def test_time_window_and_min_duration(store: SqlStore) -> None:
+def test_time_window_and_min_duration(loaded_store: SqlStore) -> None:
     start, end = NOW - 86400, NOW - 43200
-    rows, _ = store.search(SearchQuery(start_time=start, end_time=end, min_duration=20, limit=1000))
-    want = [r["id"] for r in expected() if start <= r["timestamp"] < end and r["duration_s"] >= 20]
+    rows, _ = loaded_store.search(
+        SearchQuery(start_time=start, end_time=end, min_duration=20, limit=1000)
+    )
+    want = [
+        r["id"] for r in newest_first() if start <= r["timestamp"] < end and r["duration_s"] >= 20
+    ]
     assert [r["id"] for r in rows] == want
     assert want
 
 
-def test_full_text_search_finds_words_in_prompt_or_response(store: SqlStore) -> None:
-    rows, _ = store.search(SearchQuery(prompt_search="number1234", limit=10))
+def test_full_text_search_finds_words_in_prompt_or_response(loaded_store: SqlStore) -> None:
+    rows, _ = loaded_store.search(SearchQuery(prompt_search="number1234", limit=10))
     assert [r["id"] for r in rows] == [ROWS[1234]["id"]]
-    rows, _ = store.search(SearchQuery(prompt_search="ocean garden", limit=1000))
+    rows, _ = loaded_store.search(SearchQuery(prompt_search="ocean garden", limit=1000))
     want = [
         r["id"]
-        for r in expected()
+        for r in newest_first()
         if {"ocean", "garden"} <= set((r["prompt"] + " " + r["response"]).split())
     ]
     assert sorted(r["id"] for r in rows) == sorted(want[:1000])
@@ -190,8 +118,8 @@ def test_full_text_search_finds_words_in_prompt_or_response(store: SqlStore) -> 
         "💥",
     ],
 )
-def test_hostile_search_strings_are_plain_words(store: SqlStore, hostile: str) -> None:
-    rows, _ = store.search(SearchQuery(prompt_search=hostile, limit=1000))
+def test_hostile_search_strings_are_plain_words(loaded_store: SqlStore, hostile: str) -> None:
+    rows, _ = loaded_store.search(SearchQuery(prompt_search=hostile, limit=1000))
     words = re.findall(r"\w+", hostile.lower())
     # Whatever the string, it means "all these words": no operator, no SQL, no error.
     for row in rows:
@@ -199,12 +127,12 @@ def test_hostile_search_strings_are_plain_words(store: SqlStore, hostile: str) -
         assert set(words) <= present
     if hostile in ("sky OR blue", "NEAR(sky blue)"):
         assert rows == []  # OR and NEAR are words here, and no record contains them
-    assert store.search(SearchQuery(limit=1))[0], "the table is still there"
+    assert loaded_store.search(SearchQuery(limit=1))[0], "the table is still there"
 
 
-def test_stats_are_computed_right(store: SqlStore) -> None:
+def test_stats_are_computed_right(loaded_store: SqlStore) -> None:
     since = NOW - 86400
-    stats = store.stats(since)
+    stats = loaded_store.stats(since)
     window = [r for r in ROWS if r["timestamp"] >= since]
     errors = sum(1 for r in window if r["status"] >= 400)
     assert stats["total_requests"] == len(window)
@@ -244,14 +172,14 @@ def test_retention_deletes_only_old_rows(tmp_path: Path) -> None:
     store.close()
 
 
-def test_client_chosen_strings_fit_their_columns(store: SqlStore) -> None:
+def test_client_chosen_strings_fit_their_columns(loaded_store: SqlStore) -> None:
     from app.analytics.rows import to_row
     from tests.support import sample_record
 
     record = sample_record(
         model="m" * 5000, path="/" + "p" * 5000, user_agent="u" * 5000, done_reason="d" * 100
     )
-    store.write([to_row(record, store_prompts=True, max_text_bytes=1000)])
-    stored = store.get(record.id)
+    loaded_store.write([to_row(record, store_prompts=True, max_text_bytes=1000)])
+    stored = loaded_store.get(record.id)
     assert stored is not None
     assert stored["model"] == "m" * 255

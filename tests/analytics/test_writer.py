@@ -16,7 +16,7 @@ from app.analytics.rows import RejectedRows, to_row
 from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
 from app.analytics.writer import AnalyticsMetrics, AnalyticsWriter
 from tests.conftest import PostgresDatabases
-from tests.support import sample_record
+from tests.support import SQL_STORES, sample_record
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -35,6 +35,7 @@ def writer_for(store: Any, registry: CollectorRegistry, **kw: Any) -> AnalyticsW
     return AnalyticsWriter([store], metrics=AnalyticsMetrics(registry), **options)
 
 
+@pytest.mark.postgres
 def test_a_store_down_for_a_while_loses_nothing(postgres: PostgresDatabases) -> None:
     url = postgres.create()
     postgres.drop(url)  # the server answers, the database is gone: writes fail
@@ -73,6 +74,7 @@ def test_a_store_down_for_a_while_loses_nothing(postgres: PostgresDatabases) -> 
     check.close()
 
 
+@pytest.mark.postgres
 def test_a_full_queue_drops_and_counts(postgres: PostgresDatabases) -> None:
     url = postgres.create()
     postgres.drop(url)
@@ -116,19 +118,28 @@ def test_stop_drains_everything_accepted(tmp_path: Path) -> None:
     check.close()
 
 
-class Refusing:
-    """A backend that refuses every batch for good, as Loki does with too-old entries."""
+class FakeBackend:
+    """A backend in memory: nothing to delete, nothing to close; ``write`` is the test's."""
 
-    name = "refusing"
+    name = "fake"
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        raise RejectedRows("entry too far behind")
+        raise NotImplementedError
 
     def delete_older_than(self, cutoff: float) -> int:
         return 0
 
     def close(self) -> None:
         return None
+
+
+class Refusing(FakeBackend):
+    """A backend that refuses every batch for good, as Loki does with too-old entries."""
+
+    name = "refusing"
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        raise RejectedRows("entry too far behind")
 
 
 def test_rejected_batches_are_dropped_and_counted_not_retried() -> None:
@@ -183,7 +194,7 @@ def test_rows_respect_privacy_and_caps() -> None:
     assert private["prompt_tokens"] == 20
 
 
-class SizeLimited:
+class SizeLimited(FakeBackend):
     """A backend that refuses any batch above 10 rows with a retryable error, as Loki does
     (429) with a push above its burst limit; everything it accepts is kept."""
 
@@ -196,12 +207,6 @@ class SizeLimited:
         if len(rows) > 10:
             raise RuntimeError("429 ingestion rate limit exceeded")
         self.kept += [row["id"] for row in rows]
-
-    def delete_older_than(self, cutoff: float) -> int:
-        return 0
-
-    def close(self) -> None:
-        return None
 
 
 def test_a_batch_too_big_for_the_backend_is_split_until_it_fits() -> None:
@@ -228,7 +233,7 @@ def test_a_batch_too_big_for_the_backend_is_split_until_it_fits() -> None:
     )
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", SQL_STORES)
 def test_a_record_the_store_cannot_take_is_dropped_alone_and_counted(
     kind: str, tmp_path: Path, postgres: PostgresDatabases
 ) -> None:

@@ -15,7 +15,9 @@ import pytest
 
 from tests.conftest import PostgresDatabases
 from tests.emulator import EmulatorConfig, EmulatorServer
-from tests.support import CHAT, ProxyProcess
+from tests.support import CHAT, SQL_STORES, ProxyProcess
+
+pytestmark = pytest.mark.process
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -37,7 +39,7 @@ def wait_for_records(
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=SQL_STORES)
 def proxy(
     request: pytest.FixtureRequest, emulator: EmulatorServer, postgres: PostgresDatabases
 ) -> Iterator[ProxyProcess]:
@@ -204,6 +206,7 @@ def test_sigterm_under_traffic_loses_no_accepted_record() -> None:
     assert stored[0] == len(completed)
 
 
+@pytest.mark.postgres
 def test_proxy_serves_on_while_the_store_is_down_and_catches_up(
     emulator: EmulatorServer, postgres: PostgresDatabases
 ) -> None:

@@ -68,6 +68,7 @@ def test_the_policy_is_the_one_documented() -> None:
     assert EXPECTED_HEADERS["content-security-policy"] == CONTENT_SECURITY_POLICY
 
 
+@pytest.mark.process
 def test_ui_redirects_to_the_page_relatively(proxy: ProxyProcess) -> None:
     with proxy.client() as client:
         answer = client.get("/ui")
@@ -82,6 +83,7 @@ def test_ui_redirects_to_the_page_relatively(proxy: ProxyProcess) -> None:
     assert followed.text == (PAGE / "index.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.process
 def test_every_file_is_served_with_its_type_and_the_headers(proxy: ProxyProcess) -> None:
     files = page_files()
     assert {p.name for p in files} >= {"index.html", "app.js", "app.css"}
@@ -101,6 +103,7 @@ def test_every_file_is_served_with_its_type_and_the_headers(proxy: ProxyProcess)
         assert head.content == b""
 
 
+@pytest.mark.process
 def test_every_asset_the_page_names_loads(proxy: ProxyProcess) -> None:
     html = (PAGE / "index.html").read_text(encoding="utf-8")
     named = re.findall(r'(?:src|href)="([^"]+)"', html)
@@ -113,6 +116,7 @@ def test_every_asset_the_page_names_loads(proxy: ProxyProcess) -> None:
             assert client.get("/ui/" + name).status_code == 200, name
 
 
+@pytest.mark.process
 def test_unknown_files_are_404_and_nothing_outside_the_folder_is_reachable(
     proxy: ProxyProcess,
 ) -> None:
@@ -141,6 +145,7 @@ def test_the_script_never_parses_data_as_markup() -> None:
     assert ".append(" in script
 
 
+@pytest.mark.process
 def test_the_page_is_open_but_the_data_needs_the_token(guarded: ProxyProcess) -> None:
     with guarded.client() as client:
         # API keys guard the proxied API, not the page: it holds nothing.
@@ -159,6 +164,7 @@ def test_the_page_is_open_but_the_data_needs_the_token(guarded: ProxyProcess) ->
         assert "records" in allowed.json()
 
 
+@pytest.mark.process
 def test_the_page_is_never_forwarded_to_ollama(
     proxy: ProxyProcess, emulator: EmulatorServer
 ) -> None:
@@ -175,6 +181,7 @@ def test_the_page_is_never_forwarded_to_ollama(
     assert arrived == ["/api/version"]
 
 
+@pytest.mark.process
 def test_the_page_is_not_in_the_openapi_description(proxy: ProxyProcess) -> None:
     with proxy.client() as client:
         paths = client.get("/openapi.json").json()["paths"]

@@ -36,10 +36,13 @@ SCENARIOS = (
     "memory.series",
 )
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()) or not shutil.which("wrk"),
-    reason="the benchmark needs the Debian packages nginx and wrk (scripts/setup.sh --dev)",
-)
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(
+        not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()) or not shutil.which("wrk"),
+        reason="the benchmark needs the Debian packages nginx and wrk (scripts/setup.sh --dev)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,12 @@ are not asserted: benchmarks on a shared machine are noisy)."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench.analytics import KINDS, run, store_keys
 from tests.conftest import POSTGRES_ADMIN, PostgresDatabases
+
+pytestmark = pytest.mark.postgres
 
 
 def test_smoke_run_reports_every_number(postgres: PostgresDatabases) -> None:

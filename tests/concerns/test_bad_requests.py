@@ -27,9 +27,11 @@ import pytest
 
 from app.proxy.relay import INSPECT_MAX_BYTES
 from app.server import MAX_HEAD_BYTES
+from tests.concerns.test_transparency import normalise
 from tests.emulator import EmulatorServer
 from tests.support import CHAT, ProxyProcess
-from tests.concerns.test_transparency import normalise
+
+pytestmark = pytest.mark.process
 
 MARK = "x-bad-request-case"
 

@@ -14,6 +14,8 @@ from tests.emulator import EmulatorServer
 from tests.metrics_support import scrape
 from tests.support import ProxyProcess
 
+pytestmark = pytest.mark.process
+
 MAX_MODELS = 100
 
 

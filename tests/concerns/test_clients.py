@@ -11,6 +11,8 @@ import pytest
 from tests.emulator import EmulatorServer
 from tests.support import ProxyProcess
 
+pytestmark = pytest.mark.process
+
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 
 

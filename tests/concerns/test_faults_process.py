@@ -11,27 +11,21 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.emulator import EmulatorConfig, EmulatorServer
+from tests.emulator import EmulatorServer
 from tests.support import ARTIFACTS, ProxyProcess, logged_proxy
+
+pytestmark = pytest.mark.process
 
 # A clean stop on SIGTERM: uvicorn shuts down, then re-raises the signal so that the exit
 # status says why (as `test_cli` pins down); a crash or a hang would look different.
 CLEAN_EXIT = -signal.SIGTERM
-TOKEN_DELAY = 0.05
-
-
-@pytest.fixture(scope="module")
-def slow_emulator() -> Iterator[EmulatorServer]:
-    """Streams at one token per ``TOKEN_DELAY`` seconds: N tokens take N × that long."""
-    with EmulatorServer(EmulatorConfig(token_delay=TOKEN_DELAY)) as server:
-        yield server
+TOKEN_DELAY = 0.05  # the pace of slow_emulator (tests/conftest.py)
 
 
 def stored(database: Path, tag: str) -> dict[str, list[dict[str, object]]]:
@@ -94,14 +88,20 @@ def refused(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_sigterm_drains_in_flight_streams_and_the_queue(slow_emulator: EmulatorServer) -> None:
-    grace, drain = 15.0, 10.0
+def draining_proxy(upstream: str, grace: float, drain: float, log_name: str) -> ProxyProcess:
+    """A started proxy on SQLite that gets ``grace`` seconds for its streams at SIGTERM,
+    then ``drain`` seconds for its analytics queue."""
     env = {
         "ANALYTICS_BACKEND": "sqlite",
         "SHUTDOWN_GRACE_SECONDS": str(grace),
         "ANALYTICS_DRAIN_SECONDS": str(drain),
     }
-    proxy = logged_proxy(slow_emulator.url, env, "faults-sigterm.log")
+    return logged_proxy(upstream, env, log_name)
+
+
+def test_sigterm_drains_in_flight_streams_and_the_queue(slow_emulator: EmulatorServer) -> None:
+    grace, drain = 15.0, 10.0
+    proxy = draining_proxy(slow_emulator.url, grace, drain, "faults-sigterm.log")
     tag = "sigterm"
     database = proxy.workdir / "analytics.db"  # created and migrated before it listens
     # Another connection keeps the store locked, so every record is still queued at SIGTERM
@@ -172,12 +172,7 @@ def test_sigterm_cuts_a_stream_longer_than_the_grace_period(
     slow_emulator: EmulatorServer,
 ) -> None:
     grace, drain = 1.5, 10.0
-    env = {
-        "ANALYTICS_BACKEND": "sqlite",
-        "SHUTDOWN_GRACE_SECONDS": str(grace),
-        "ANALYTICS_DRAIN_SECONDS": str(drain),
-    }
-    proxy = logged_proxy(slow_emulator.url, env, "faults-sigterm-cut.log")
+    proxy = draining_proxy(slow_emulator.url, grace, drain, "faults-sigterm-cut.log")
     tag = "sigterm-cut"
     try:
         stream = Stream(proxy.url, f"{tag} long", tokens=600)  # 30 s

@@ -23,7 +23,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.analytics.loki import retry_after
 from tests.emulator import EmulatorServer
-from tests.support import ARTIFACTS, ProxyProcess, free_port, logged_proxy
+from tests.support import (
+    ARTIFACTS,
+    ProxyProcess,
+    QuietHandler,
+    ThreadedHttpServer,
+    free_port,
+    logged_proxy,
+)
 
 # A clean stop on SIGTERM: uvicorn shuts down, then re-raises the signal so that the exit
 # status says why (as `test_cli` pins down); a crash or a hang would look different.
@@ -204,6 +210,7 @@ def postgres_prompts(url: str, tag: str) -> Counter[str]:
         return Counter(prompt for (prompt,) in rows)
 
 
+@pytest.mark.process
 def test_postgresql_stopped_and_restarted_loses_nothing(
     emulator: EmulatorServer, cluster: Cluster
 ) -> None:
@@ -262,6 +269,7 @@ def test_postgresql_stopped_and_restarted_loses_nothing(
         proxy.cleanup()
 
 
+@pytest.mark.process
 def test_a_queue_overflow_during_an_outage_is_counted_exactly(
     emulator: EmulatorServer, cluster: Cluster
 ) -> None:
@@ -321,6 +329,7 @@ def test_a_queue_overflow_during_an_outage_is_counted_exactly(
 # -- SQLite --------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_sqlite_locked_by_another_connection(emulator: EmulatorServer) -> None:
     proxy = logged_proxy(emulator.url, {"ANALYTICS_BACKEND": "sqlite"}, "faults-sqlite-lock.log")
     tag = "sqlite-locked"
@@ -395,6 +404,7 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+@pytest.mark.process
 def test_sqlite_on_a_full_disk(emulator: EmulatorServer, small_disk: Path) -> None:
     env = {"ANALYTICS_BACKEND": "sqlite", "ANALYTICS_DIR": str(small_disk)}
     log_path = ARTIFACTS / "faults-sqlite-disk-full.log"
@@ -442,7 +452,7 @@ def test_sqlite_on_a_full_disk(emulator: EmulatorServer, small_disk: Path) -> No
 # -- Loki ----------------------------------------------------------------------------------
 
 
-class FlakyLoki:
+class FlakyLoki(ThreadedHttpServer):
     """A loopback HTTP server taking Loki pushes, failing as told: ``mode`` is ok, 500, 429
     (with ``Retry-After``) or hang (until ``release``). Like Loki, it keeps an entry whose
     stream, timestamp and line equal one it has only once."""
@@ -458,7 +468,7 @@ class FlakyLoki:
         self.lock = threading.Lock()
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 arrived = time.monotonic()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -480,12 +490,7 @@ class FlakyLoki:
                 except ConnectionError:
                     pass  # the client gave up waiting
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def take(self, document: dict[str, Any]) -> None:
         with self.lock:
@@ -500,14 +505,9 @@ class FlakyLoki:
             rows = [json.loads(line) for _, _, line in self.entries]
         return Counter(row["prompt"] for row in rows if row["prompt"].startswith(tag + " "))
 
-    def __enter__(self) -> FlakyLoki:
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.released.set()  # a handler told to hang lets go first
+        super().__exit__(*exc)
 
 
 @pytest.mark.parametrize(
@@ -527,6 +527,7 @@ def test_retry_after_is_read_as_seconds_or_a_date(
         assert found == pytest.approx(seconds, abs=1.5)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("fault", ["500", "429", "hang"])
 def test_loki_failing_then_recovering(emulator: EmulatorServer, fault: str) -> None:
     with FlakyLoki() as loki:

@@ -129,6 +129,7 @@ def only_exchange(upstream: FaultyUpstream, fault: str) -> Exchange:
 # -- Ollama not there ------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_ollama_not_started_yet_then_started() -> None:
     port = free_port()
     # The /api/ps poller runs too: it must not stop the start, nor the recovery.
@@ -160,6 +161,7 @@ def test_ollama_not_started_yet_then_started() -> None:
         assert errors(proxy)["connect"] == 1
 
 
+@pytest.mark.process
 def test_ollama_accepting_no_connection_times_out() -> None:
     # A listener whose backlog is full (Ollama starting, or swamped): connecting hangs.
     with socket.socket() as listener:
@@ -195,6 +197,7 @@ def start_process_upstream(port: int) -> subprocess.Popen[bytes]:
     return process
 
 
+@pytest.mark.process
 def test_ollama_killed_mid_stream() -> None:
     port = free_port()
     ollama = start_process_upstream(port)
@@ -235,6 +238,7 @@ def test_ollama_killed_mid_stream() -> None:
         ollama.wait()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("fault", "reason", "tokens", "says"),
     [
@@ -270,6 +274,7 @@ def test_stream_broken_off_ends_with_an_error_line(
 
 # The client asked for usage itself (events pass as they come), or the proxy asked for it
 # (events pass whole, so that the usage it asked for can be taken out again).
+@pytest.mark.process
 @pytest.mark.parametrize("client_asked_usage", [True, False])
 def test_event_stream_broken_off_mid_event_ends_with_an_error_event(
     upstream: FaultyUpstream, proxy: ProxyProcess, client_asked_usage: bool
@@ -303,6 +308,7 @@ def test_event_stream_broken_off_mid_event_ends_with_an_error_event(
     serves_next(proxy)
 
 
+@pytest.mark.process
 def test_a_short_non_streamed_answer_is_a_502(
     upstream: FaultyUpstream, proxy: ProxyProcess
 ) -> None:
@@ -345,6 +351,7 @@ def test_the_error_event_starts_on_a_line_of_its_own(
     assert event.endswith(b"\n")
 
 
+@pytest.mark.process
 def test_an_answer_that_is_not_http_is_a_502(upstream: FaultyUpstream, proxy: ProxyProcess) -> None:
     prompt = marker()
     answer = generate(proxy, "not-http", prompt)
@@ -363,6 +370,7 @@ def test_an_answer_that_is_not_http_is_a_502(upstream: FaultyUpstream, proxy: Pr
 # -- garbage Ollama would never send, passed through ------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("fault", "text"),
     [
@@ -404,6 +412,7 @@ def peak_rss_since_reset(pid: int) -> Callable[[], int]:
     return peak
 
 
+@pytest.mark.process
 def test_a_50_mb_line_passes_through_with_bounded_memory(
     upstream: FaultyUpstream, proxy: ProxyProcess
 ) -> None:
@@ -434,6 +443,7 @@ def test_a_50_mb_line_passes_through_with_bounded_memory(
 # -- silence ---------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_a_slow_generation_is_never_timed_out(
     upstream: FaultyUpstream, proxy: ProxyProcess
 ) -> None:
@@ -464,6 +474,7 @@ def raw_request(proxy: ProxyProcess, fault: str, prompt: str) -> socket.socket:
     return sock
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("fault", "status", "text"),
     [("stall-after-1", 200, text_of(1)), ("stall-head", 499, "")],
@@ -496,6 +507,7 @@ def test_a_client_leaving_a_silent_upstream_releases_it(
 # -- text that cannot be encoded ---------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_a_lone_surrogate_in_model_or_prompt_breaks_neither_metrics_nor_records(
     upstream: FaultyUpstream, proxy: ProxyProcess
 ) -> None:

@@ -14,9 +14,11 @@ import pytest
 from tests.emulator import EmulatorServer
 from tests.support import ProxyProcess
 
+pytestmark = pytest.mark.process
+
 
 def last_request(emulator: EmulatorServer, path: str | None = None) -> dict[str, object]:
-    log = httpx.get(emulator.url + "/_emulator/requests").json()
+    log = emulator.requests()
     if path is not None:
         # Other proxies of the session poll /api/ps on this emulator every few seconds.
         log = [entry for entry in log if entry["path"] == path]

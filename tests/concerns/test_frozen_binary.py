@@ -31,6 +31,8 @@ from tests.conftest import PostgresDatabases
 from tests.emulator import EmulatorServer
 from tests.support import ROOT, free_port, wait_until_listening
 
+pytestmark = [pytest.mark.process, pytest.mark.windows]
+
 BINARY = ROOT / "dist" / "ollama-metrics"
 SOURCES = [
     ROOT / "app",
@@ -230,6 +232,7 @@ def test_db_current(frozen: Frozen, binary: Path) -> None:
     assert done.stdout.strip().endswith(f"at {HEAD} (newest: {HEAD})")
 
 
+@pytest.mark.postgres
 def test_postgresql_through_the_bundled_psycopg(binary: Path, postgres: PostgresDatabases) -> None:
     done = run(
         binary,
@@ -253,6 +256,6 @@ def test_sigterm_stops_cleanly_with_the_queue_drained(
     # As the installed command does (tests/test_cli.py): uvicorn shuts down cleanly, then
     # re-raises the signal so that the exit status says why.
     assert running.stop() == -signal.SIGTERM
-    assert "app.main: stopped" in running.log
+    assert "app.lifecycle: stopped" in running.log
     with sqlite3.connect(tmp_path / "analytics.db") as db:
         assert db.execute("SELECT prompt FROM requests").fetchall() == [("last words",)]

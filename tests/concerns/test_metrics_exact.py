@@ -16,6 +16,8 @@ from tests.emulator import EmulatorServer
 from tests.metrics_support import scrape, total
 from tests.support import CHAT, TOOLS, ProxyProcess
 
+pytestmark = pytest.mark.process
+
 # (path, body): native, OpenAI and Anthropic; streamed and not; with and without usage asked.
 MIX: list[tuple[str, dict[str, Any]]] = [
     ("/api/generate", {"model": "llama3.2", "prompt": "Why is the sky blue?"}),

@@ -23,6 +23,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from tests.emulator import EmulatorServer
 from tests.support import CHAT, ProxyProcess
 
+pytestmark = pytest.mark.process
+
 TOKEN = "fuzz-token-Zx9"
 OWN_PATHS = r"^/(analytics/.*|test)$"
 

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,19 @@ from app.auth import derived_name
 from app.config import Settings
 from tests.conftest import PostgresDatabases
 from tests.emulator import EmulatorServer
-from tests.support import CHAT, ROOT, LocalHttpServer, ProxyProcess, free_port, wait_until_listening
+from tests.support import (
+    CHAT,
+    ROOT,
+    SQL_STORES,
+    LocalHttpServer,
+    ProxyProcess,
+    QuietHandler,
+    ThreadedHttpServer,
+    free_port,
+    wait_until_listening,
+)
+
+pytestmark = pytest.mark.process
 
 ALICE = "sk-alice-" + secrets.token_hex(12)
 BARE = "sk-bare-" + secrets.token_hex(12)
@@ -63,10 +74,6 @@ def raw_exchange(port: int, data: bytes) -> bytes:
 
 def status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
-
-
-def emulator_log(emulator: EmulatorServer) -> list[dict[str, Any]]:
-    return list(httpx.get(emulator.url + "/_emulator/requests", timeout=5).json())
 
 
 def header_names(entry: dict[str, Any]) -> set[str]:
@@ -226,7 +233,7 @@ def test_requests_without_a_valid_key_are_refused_and_never_forwarded(
         pytest.raises(openai.AuthenticationError),
     ):
         oa.models.list()
-    assert emulator_log(upstream) == []
+    assert upstream.requests() == []
     after = failures(keyed)
     expected_missing = sum(1 for *_, reason in attempts if reason == "missing") + 1
     expected_invalid = sum(1 for *_, reason in attempts if reason == "invalid") + 2
@@ -264,7 +271,7 @@ def test_valid_keys_work_with_the_real_clients_and_only_their_names_are_kept(
     assert check.json()["upstream_reachable"] is True
 
     # Ollama never saw our credential, and saw every request.
-    seen = [e for e in emulator_log(upstream) if e["path"] != "/api/version"]
+    seen = [e for e in upstream.requests() if e["path"] != "/api/version"]
     assert [e["path"] for e in seen] == ["/api/chat"] * 3 + ["/v1/chat/completions"] * 2
     for entry in seen:
         assert not header_names(entry) & {"authorization", "x-api-key"}
@@ -308,7 +315,7 @@ def test_authorization_passes_untouched_without_keys(upstream: EmulatorServer) -
         upstream.reset()
         answer = httpx.get(proxy.url + "/api/tags", headers={"Authorization": "Bearer sk-theirs"})
         assert answer.status_code == 200
-    (entry,) = emulator_log(upstream)
+    (entry,) = upstream.requests()
     assert ["Authorization", "Bearer sk-theirs"] in [[n.title(), v] for n, v in entry["headers"]]
 
 
@@ -437,10 +444,10 @@ def test_no_request_target_reaches_another_host(
             request = head + b"\r\nConnection: close\r\n\r\n"
             upstream.reset()
             direct = raw_exchange(upstream.port, request)
-            direct_seen = [(e["method"], e["path"], e["query"]) for e in emulator_log(upstream)]
+            direct_seen = [(e["method"], e["path"], e["query"]) for e in upstream.requests()]
             upstream.reset()
             proxied = raw_exchange(relay.port, request)
-            entries = emulator_log(upstream)
+            entries = upstream.requests()
             # Ollama sees the path exactly as it would directly, and only at its own address.
             assert [(e["method"], e["path"], e["query"]) for e in entries] == direct_seen, head
             assert status_of(proxied) == status_of(direct), (head, proxied[:200], direct[:200])
@@ -461,10 +468,10 @@ def test_dot_segments_cannot_leave_a_base_path(upstream: EmulatorServer) -> None
             )
             assert status_of(answer) == 400, (target, answer)
             assert b"segments" in answer
-        assert emulator_log(upstream) == []
+        assert upstream.requests() == []
         # An ordinary path, dots in names included, goes on under the base path.
         httpx.get(proxy.url + "/v1/models/llama3.2", timeout=10)
-        assert [e["path"] for e in emulator_log(upstream)] == ["/ollama/v1/models/llama3.2"]
+        assert [e["path"] for e in upstream.requests()] == ["/ollama/v1/models/llama3.2"]
 
 
 # -- SQL injection ---------------------------------------------------------------------------
@@ -505,7 +512,7 @@ PARAMETERS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=SQL_STORES)
 def seeded(
     request: pytest.FixtureRequest, upstream: EmulatorServer, postgres: PostgresDatabases
 ) -> Iterator[tuple[ProxyProcess, set[str], str | None]]:
@@ -576,13 +583,13 @@ def test_hostile_search_parameters_cannot_inject_sql(
 ALLOWED_ORIGIN = "http://localhost:3000"
 
 
-class CorsUpstream:
+class CorsUpstream(ThreadedHttpServer):
     """Answers CORS the way Ollama does (gin-contrib/cors, see shared/ollama-api.md §6): an
     allowed origin gets Access-Control-Allow-Origin, any other Origin gets 403 and no body,
     a preflight gets 204 and the allowed methods and headers."""
 
     def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def _answer(self) -> None:
@@ -613,20 +620,7 @@ class CorsUpstream:
 
             do_GET = do_POST = do_OPTIONS = _answer
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> CorsUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
 
 
 def cors_headers(response: httpx.Response) -> dict[str, str]:
@@ -687,6 +681,7 @@ def test_cors_is_exactly_what_ollama_answers() -> None:
 # -- secrets ---------------------------------------------------------------------------------
 
 
+@pytest.mark.postgres
 def test_no_secret_shows_in_logs_answers_or_stored_analytics(
     upstream: EmulatorServer, postgres: PostgresDatabases, tmp_path: Path
 ) -> None:

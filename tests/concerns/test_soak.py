@@ -114,6 +114,7 @@ async def misbehave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
         writer.close()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("path", "spec", "expected"),
     [
@@ -267,6 +268,8 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any]
     return done.returncode, data, (out / "soak.md").read_text(), done.stdout
 
 
+@pytest.mark.soak
+@pytest.mark.process
 def test_smoke_run_has_no_proxy_caused_error(smoke: tuple[int, dict[str, Any], str, str]) -> None:
     code, data, _, stdout = smoke
     result = data["result"]
@@ -284,6 +287,8 @@ def test_smoke_run_has_no_proxy_caused_error(smoke: tuple[int, dict[str, Any], s
     assert "wrote" in stdout
 
 
+@pytest.mark.soak
+@pytest.mark.process
 def test_smoke_run_has_every_figure(smoke: tuple[int, dict[str, Any], str, str]) -> None:
     _, data, markdown, _ = smoke
     result = data["result"]

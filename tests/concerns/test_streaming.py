@@ -13,26 +13,18 @@ import httpx
 import psutil
 import pytest
 
-from tests.emulator import EmulatorConfig, EmulatorServer
+from tests.emulator import EmulatorServer
 from tests.support import ProxyProcess
 
-TOKEN_DELAY = 0.2
+pytestmark = pytest.mark.process
 
-
-@pytest.fixture(scope="module")
-def slow_emulator() -> Iterator[EmulatorServer]:
-    with EmulatorServer(EmulatorConfig(token_delay=TOKEN_DELAY)) as server:
-        yield server
+TOKEN_DELAY = 0.2  # the pace of slow_emulator (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def slow_proxy(slow_emulator: EmulatorServer) -> Iterator[ProxyProcess]:
     with ProxyProcess(slow_emulator.url) as process:
         yield process
-
-
-def emulator_log(emulator: EmulatorServer) -> list[dict[str, object]]:
-    return list(httpx.get(emulator.url + "/_emulator/requests").json())
 
 
 @pytest.mark.parametrize(
@@ -64,7 +56,7 @@ def emulator_log(emulator: EmulatorServer) -> list[dict[str, object]]:
 def test_first_chunk_arrives_before_ollama_sends_the_second(
     slow_emulator: EmulatorServer, slow_proxy: ProxyProcess, path: str, body: dict[str, object]
 ) -> None:
-    httpx.post(slow_emulator.url + "/_emulator/reset")
+    slow_emulator.reset()
     with (
         httpx.Client(base_url=slow_proxy.url, timeout=30) as client,
         client.stream("POST", path, json=body) as response,
@@ -72,7 +64,7 @@ def test_first_chunk_arrives_before_ollama_sends_the_second(
         chunks = response.iter_raw()
         first = next(chunks)
         # The emulator's own account: how many chunks had it written when ours arrived?
-        seen = emulator_log(slow_emulator)[-1]
+        seen = slow_emulator.requests()[-1]
         assert first.strip(), "the first chunk carried no data"
         assert seen["chunks_sent"] == 1
         assert seen["completed"] is False
@@ -84,7 +76,7 @@ def test_first_chunk_arrives_before_ollama_sends_the_second(
 def test_client_disconnect_cancels_the_upstream_request(
     slow_emulator: EmulatorServer, slow_proxy: ProxyProcess
 ) -> None:
-    httpx.post(slow_emulator.url + "/_emulator/reset")
+    slow_emulator.reset()
     body = json.dumps(
         {"model": "llama3.2", "prompt": "long", "options": {"num_predict": 200}}
     ).encode()
@@ -100,7 +92,7 @@ def test_client_disconnect_cancels_the_upstream_request(
     # tokens at 0.2 s would have finished.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        entry = emulator_log(slow_emulator)[-1]
+        entry = slow_emulator.requests()[-1]
         if entry["cancelled"]:
             break
         time.sleep(0.05)
@@ -113,7 +105,7 @@ def test_client_disconnect_cancels_the_upstream_request(
 def test_hanging_upstream_is_released_when_the_client_leaves(
     slow_emulator: EmulatorServer, slow_proxy: ProxyProcess
 ) -> None:
-    httpx.post(slow_emulator.url + "/_emulator/reset")
+    slow_emulator.reset()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             slow_proxy.url + "/api/generate",
@@ -122,9 +114,9 @@ def test_hanging_upstream_is_released_when_the_client_leaves(
             timeout=httpx.Timeout(30, read=1.0),
         )
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not emulator_log(slow_emulator)[-1]["cancelled"]:
+    while time.monotonic() < deadline and not slow_emulator.requests()[-1]["cancelled"]:
         time.sleep(0.05)
-    assert emulator_log(slow_emulator)[-1]["cancelled"] is True
+    assert slow_emulator.requests()[-1]["cancelled"] is True
 
 
 UPLOAD_BYTES = 1 << 30
@@ -169,7 +161,7 @@ def test_one_gigabyte_upload_passes_with_flat_proxy_memory(
             sampler.join()
         assert answer.status_code == 201, answer.text
         assert client.head(f"/api/blobs/{name}").status_code == 200
-    seen = [e for e in emulator_log(emulator) if e["method"] == "POST" and e["path"].endswith(name)]
+    seen = [e for e in emulator.requests() if e["method"] == "POST" and e["path"].endswith(name)]
     assert seen[-1]["body_len"] == UPLOAD_BYTES
     assert seen[-1]["body_sha256"] == digest.hexdigest()
     growth = peak - baseline
@@ -201,7 +193,7 @@ def test_client_leaving_mid_upload_aborts_the_upstream_upload(
     deadline = time.monotonic() + 10
     entry: dict[str, object] = {}
     while time.monotonic() < deadline:
-        entries = [e for e in emulator_log(emulator) if str(e["path"]).endswith(name)]
+        entries = [e for e in emulator.requests() if str(e["path"]).endswith(name)]
         if entries and (entries[-1]["cancelled"] or entries[-1]["aborted"]):
             entry = entries[-1]
             break

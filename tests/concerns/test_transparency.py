@@ -132,6 +132,7 @@ def _send(
     return client.request(method, path, content=json.dumps(body), headers=headers)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("method", "path", "body", "headers"),
     CASES,
@@ -168,6 +169,7 @@ def test_normalise_leaves_content_alone() -> None:
     assert normalise(line.replace(b"sky", b"sea")) != normalise(line)
 
 
+@pytest.mark.process
 def test_streams_are_marked_unbuffered_and_json_is_not(proxy: ProxyProcess) -> None:
     with proxy.client() as client:
         stream = client.post("/api/generate", json={"model": "llama3.2", "prompt": "Hi"})
@@ -177,6 +179,7 @@ def test_streams_are_marked_unbuffered_and_json_is_not(proxy: ProxyProcess) -> N
     assert "x-accel-buffering" not in plain.headers
 
 
+@pytest.mark.process
 def test_mutations_pass_through(emulator: EmulatorServer, proxy: ProxyProcess) -> None:
     with proxy.client() as client:
         copied = client.post("/api/copy", json={"source": "llama3.2", "destination": "copy-a"})

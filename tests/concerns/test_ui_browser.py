@@ -37,13 +37,17 @@ try:
 except ImportError:  # pragma: no cover - the dev extra installs it
     webdriver = None  # type: ignore[assignment]
 
-pytestmark = pytest.mark.skipif(
-    webdriver is None or CHROMIUM is None or CHROMEDRIVER is None,
-    reason=(
-        "needs the selenium package (pip install -e .[dev]) and the Debian packages chromium "
-        "and chromium-driver (scripts/setup.sh --dev)"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.process,
+    pytest.mark.skipif(
+        webdriver is None or CHROMIUM is None or CHROMEDRIVER is None,
+        reason=(
+            "needs the selenium package (pip install -e .[dev]) and the Debian packages "
+            "chromium and chromium-driver (scripts/setup.sh --dev)"
+        ),
     ),
-)
+]
 
 T = TypeVar("T")
 TOKEN = "ui-browser-token"

@@ -12,10 +12,12 @@ import httpx
 import openai
 import pytest
 
+from tests.concerns.test_transparency import normalise
 from tests.emulator import EmulatorConfig, EmulatorServer
 from tests.metrics_support import scrape, total
 from tests.support import ProxyProcess
-from tests.concerns.test_transparency import normalise
+
+pytestmark = pytest.mark.process
 
 CHAT = [{"role": "user", "content": "Name three colours"}]
 

@@ -766,6 +766,7 @@ def scraped(prometheus: str, metrics_proxy: ProxyProcess) -> Scraped:
     return Scraped(prometheus, metrics_proxy, time.monotonic() + DATA_TIMEOUT)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("target", PROMQL, ids=lambda target: target.name)
 def test_promql_is_valid_and_returns_data(target: Target, scraped: Scraped) -> None:
     promql = substitute(target.expr)
@@ -781,6 +782,7 @@ def test_promql_is_valid_and_returns_data(target: Target, scraped: Scraped) -> N
         time.sleep(0.5)
 
 
+@pytest.mark.process
 def test_model_variable_query_finds_the_model(scraped: Scraped) -> None:
     variable = load_dashboards()["model.json"]["templating"]["list"][0]
     match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["query"]["query"])
@@ -793,6 +795,7 @@ def test_model_variable_query_finds_the_model(scraped: Scraped) -> None:
     assert MODEL in answer["data"], answer
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("target", EXEMPLARS, ids=lambda target: target.name)
 def test_exemplars_reach_prometheus_and_name_a_record(
     target: Target, scraped: Scraped, datasources: dict[str, dict[str, Any]]

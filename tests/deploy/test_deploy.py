@@ -171,6 +171,7 @@ def docker_compose(env_file: Path, *files: Path) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, GPU_COMPOSE]], ids=["cpu", "gpu"])
 def test_docker_compose_accepts_the_stack(files: list[Path], tmp_path: Path) -> None:
     text = ENV_EXAMPLE.read_text(encoding="utf-8")
@@ -188,6 +189,7 @@ def test_docker_compose_accepts_the_stack(files: list[Path], tmp_path: Path) -> 
     assert gpus.get("devices") == (expected if GPU_COMPOSE in files else None)
 
 
+@pytest.mark.process
 def test_docker_compose_refuses_to_start_without_a_grafana_password() -> None:
     result = docker_compose(ENV_EXAMPLE, COMPOSE)
     assert result.returncode != 0
@@ -306,6 +308,7 @@ def test_the_proxy_is_wired_to_ollama_loki_and_prometheus(
 # --- Prometheus --------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "args",
     [
@@ -523,6 +526,7 @@ def test_loki_keeps_the_records_for_a_while_then_deletes_them() -> None:
     assert retention == Settings().analytics_retention_days * 86400, "as long as SQLite keeps"
 
 
+@pytest.mark.process
 def test_loki_accepts_the_stream_labels_the_proxy_sends(
     pushed: tuple[LokiBackend, list[dict[str, Any]]],
 ) -> None:
@@ -562,6 +566,7 @@ def test_loki_has_room_for_every_stream_the_proxy_can_make() -> None:
     assert limits()["max_global_streams_per_user"] >= streams
 
 
+@pytest.mark.process
 def test_loki_takes_the_largest_record(
     pushed: tuple[LokiBackend, list[dict[str, Any]]],
 ) -> None:
@@ -582,6 +587,7 @@ def test_loki_takes_the_largest_record(
     assert limit["ingestion_burst_size_mb"] * MiB >= size(limit["max_line_size"])
 
 
+@pytest.mark.process
 def test_loki_takes_a_full_batch_of_long_chats(
     pushed: tuple[LokiBackend, list[dict[str, Any]]],
 ) -> None:

@@ -13,6 +13,8 @@ import pytest
 from tests.emulator import EmulatorServer
 from tests.support import ProxyProcess, running_prometheus
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(scope="module")
 def proxy(emulator: EmulatorServer) -> Iterator[ProxyProcess]:

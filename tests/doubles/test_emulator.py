@@ -130,6 +130,7 @@ def prompt_with(fragment: str) -> str:
 # --- transport -------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_root_head_and_version(http: httpx.Client) -> None:
     root = http.get("/")
     assert (root.status_code, root.text) == (200, "Ollama is running")
@@ -146,6 +147,7 @@ def test_root_head_and_version(http: httpx.Client) -> None:
     assert http.head("/api/tags").status_code == 200
 
 
+@pytest.mark.process
 def test_gin_404_405_and_trailing_slash(http: httpx.Client) -> None:
     missing = http.get("/api/nothing")
     assert (missing.status_code, missing.text) == (404, "404 page not found")
@@ -166,6 +168,7 @@ def test_gin_404_405_and_trailing_slash(http: httpx.Client) -> None:
 # --- native inference --------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_chat_stream_bytes_and_metrics(http: httpx.Client) -> None:
     expected = tokens.expected_generation("llama3.2", user(SKY))
     response = http.post("/api/chat", json={"model": "llama3.2", "messages": user(SKY)})
@@ -193,6 +196,7 @@ def test_chat_stream_bytes_and_metrics(http: httpx.Client) -> None:
     )
 
 
+@pytest.mark.process
 def test_go_escaping_on_the_wire(http: httpx.Client) -> None:
     prompt = prompt_with("R&D")
     raw = http.post("/api/generate", json={"model": "llama3.2", "prompt": prompt}).content
@@ -207,6 +211,7 @@ def test_go_escaping_on_the_wire(http: httpx.Client) -> None:
     assert b"x\\u003cy" in tag.content
 
 
+@pytest.mark.process
 def test_ollama_client_chat_stream_and_non_stream(oclient: ollama.Client) -> None:
     expected = tokens.expected_generation("llama3.2:latest", user(SKY), num_predict=5)
     parts = list(oclient.chat("llama3.2", user(SKY), stream=True, options={"num_predict": 5}))
@@ -223,6 +228,7 @@ def test_ollama_client_chat_stream_and_non_stream(oclient: ollama.Client) -> Non
     assert whole.done_reason == "stop"
 
 
+@pytest.mark.process
 def test_generate_stream_context_and_raw(oclient: ollama.Client, http: httpx.Client) -> None:
     expected = tokens.expected_generation("llama3.2", SKY)
     parts = list(oclient.generate("llama3.2", SKY, stream=True))
@@ -243,6 +249,7 @@ def test_generate_stream_context_and_raw(oclient: ollama.Client, http: httpx.Cli
     )
 
 
+@pytest.mark.process
 def test_thinking_on_qwen3(oclient: ollama.Client, http: httpx.Client) -> None:
     expected = tokens.expected_generation("qwen3", user("hello"))
     assert len(expected.thinking_tokens) == tokens.THINKING_TOKENS  # on by default
@@ -265,6 +272,7 @@ def test_thinking_on_qwen3(oclient: ollama.Client, http: httpx.Client) -> None:
     assert not_a_thinker.json() == {"error": '"llama3.2" does not support thinking'}
 
 
+@pytest.mark.process
 def test_native_tool_calls(oclient: ollama.Client, http: httpx.Client) -> None:
     response = oclient.chat("llama3.2", user("Weather in Paris?"), tools=[WEATHER_TOOL])
     (call,) = response.message.tool_calls or []
@@ -296,6 +304,7 @@ def test_native_tool_calls(oclient: ollama.Client, http: httpx.Client) -> None:
     assert excinfo.value.error == "registry.ollama.ai/library/gemma:2b does not support tools"
 
 
+@pytest.mark.process
 def test_load_and_unload_forms(http: httpx.Client, oclient: ollama.Client) -> None:
     load = http.post("/api/generate", json={"model": "gemma:2b"})
     assert load.headers["content-type"] == "application/json; charset=utf-8"
@@ -315,6 +324,7 @@ def test_load_and_unload_forms(http: httpx.Client, oclient: ollama.Client) -> No
     assert running[0].expires_at.year > 2200  # negative keep_alive: forever
 
 
+@pytest.mark.process
 def test_logprobs_when_requested(http: httpx.Client) -> None:
     body = {"model": "llama3.2", "prompt": SKY, "logprobs": True, "top_logprobs": 2}
     chunks = lines(http.post("/api/generate", json=body))
@@ -335,6 +345,7 @@ def test_logprobs_when_requested(http: httpx.Client) -> None:
     assert out_of_range.json() == {"error": "top_logprobs must be between 0 and 20"}
 
 
+@pytest.mark.process
 def test_empty_catalog_shapes(http: httpx.Client) -> None:
     for name in ("llama3.2", "qwen3", "gemma:2b", "nomic-embed-text"):
         assert http.request("DELETE", "/api/delete", json={"model": name}).status_code == 200
@@ -343,6 +354,7 @@ def test_empty_catalog_shapes(http: httpx.Client) -> None:
     assert http.get("/v1/models").content == b'{"object":"list","data":null}\n'
 
 
+@pytest.mark.process
 def test_embed_and_legacy_embeddings(oclient: ollama.Client, http: httpx.Client) -> None:
     inputs = ["first text", "a second, longer text"]
     result = oclient.embed("nomic-embed-text", inputs)
@@ -382,6 +394,7 @@ def test_embed_and_legacy_embeddings(oclient: ollama.Client, http: httpx.Client)
 # --- model management ---------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_list_ps_and_show(oclient: ollama.Client) -> None:
     names = [m.model for m in oclient.list().models]
     assert set(names) == {"llama3.2:latest", "qwen3:latest", "gemma:2b", "nomic-embed-text:latest"}
@@ -405,6 +418,7 @@ def test_list_ps_and_show(oclient: ollama.Client) -> None:
     assert (excinfo.value.status_code, excinfo.value.error) == (404, "model 'nope' not found")
 
 
+@pytest.mark.process
 def test_pull_progress_and_errors(oclient: ollama.Client, http: httpx.Client) -> None:
     progress = list(oclient.pull("smollm2:135m", stream=True))
     statuses = [p.status for p in progress]
@@ -430,6 +444,7 @@ def test_pull_progress_and_errors(oclient: ollama.Client, http: httpx.Client) ->
     assert waited.headers["content-type"] == "application/json"
 
 
+@pytest.mark.process
 def test_copy_delete_create_push(oclient: ollama.Client, http: httpx.Client) -> None:
     assert oclient.copy("llama3.2", "mine:v1").status == "success"
     assert oclient.show("mine:v1").capabilities == ["completion", "tools"]
@@ -454,6 +469,7 @@ def test_copy_delete_create_push(oclient: ollama.Client, http: httpx.Client) -> 
     assert pushed[-2:] == ["pushing manifest", "success"]
 
 
+@pytest.mark.process
 def test_blob_upload_digest_verification(
     emu: EmulatorServer, http: httpx.Client, oclient: ollama.Client, tmp_path: Any
 ) -> None:
@@ -484,6 +500,7 @@ def test_blob_upload_digest_verification(
     assert uploads[0]["body_len"] == len(data)
 
 
+@pytest.mark.process
 def test_large_blob_upload_keeps_memory_flat(emu: EmulatorServer) -> None:
     chunk = bytes(range(256)) * 4096  # 1 MiB
     count = 256
@@ -509,6 +526,7 @@ def test_large_blob_upload_keeps_memory_flat(emu: EmulatorServer) -> None:
 # --- errors ------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
@@ -574,6 +592,7 @@ def test_native_error_bodies(
     assert response.content == dumps({"error": message}).encode()
 
 
+@pytest.mark.process
 def test_openai_and_anthropic_error_shapes(http: httpx.Client) -> None:
     missing = http.post("/v1/chat/completions", json={"model": "nope", "messages": user("x")})
     assert missing.status_code == 404
@@ -618,6 +637,7 @@ def test_openai_and_anthropic_error_shapes(http: httpx.Client) -> None:
 # --- faults ------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_midstream_error_line_native(http: httpx.Client, oclient: ollama.Client) -> None:
     body = {"model": "llama3.2", "messages": user(SKY), "options": {"emulator_fail_after": 3}}
     response = http.post("/api/chat", json=body)
@@ -646,6 +666,7 @@ def test_midstream_error_line_native(http: httpx.Client, oclient: ollama.Client)
     assert not_streamed.status_code == 500
 
 
+@pytest.mark.process
 def test_midstream_error_openai_quirk(http: httpx.Client) -> None:
     response = http.post(
         "/v1/chat/completions",
@@ -659,6 +680,7 @@ def test_midstream_error_openai_quirk(http: httpx.Client) -> None:
     assert all(e["choices"][0]["finish_reason"] is None for e in events)
 
 
+@pytest.mark.process
 def test_reset_status_and_hang_faults(emu: EmulatorServer, http: httpx.Client) -> None:
     body = {"model": "llama3.2", "prompt": SKY}
     received: list[str] = []
@@ -696,6 +718,7 @@ def wait_for(emu: EmulatorServer, condition: Any, timeout: float = 3.0) -> list[
 # --- request log and pacing --------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_request_log_records_bodies_and_cancellation(
     emu: EmulatorServer, http: httpx.Client
 ) -> None:
@@ -729,6 +752,7 @@ def test_request_log_records_bodies_and_cancellation(
     assert emu.requests() == []
 
 
+@pytest.mark.process
 def test_headers_wait_for_the_first_token(emu: EmulatorServer, http: httpx.Client) -> None:
     emu.configure(first_token_delay=0.3, token_delay=0.01)
     started = time.monotonic()
@@ -746,6 +770,7 @@ def test_headers_wait_for_the_first_token(emu: EmulatorServer, http: httpx.Clien
 # --- OpenAI layer ------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_openai_client_chat(oai: openai.OpenAI) -> None:
     expected = tokens.expected_generation("llama3.2", user(SKY), num_predict=7)
     completion = oai.chat.completions.create(model="llama3.2", messages=user(SKY), max_tokens=7)
@@ -775,6 +800,7 @@ def test_openai_client_chat(oai: openai.OpenAI) -> None:
     assert plain[-1].choices[0].finish_reason == "stop"
 
 
+@pytest.mark.process
 def test_openai_client_reasoning_and_tools(oai: openai.OpenAI) -> None:
     expected = tokens.expected_generation("qwen3", user("hello"))
     completion = oai.chat.completions.create(model="qwen3", messages=user("hello"))
@@ -806,6 +832,7 @@ def test_openai_client_reasoning_and_tools(oai: openai.OpenAI) -> None:
     assert streamed[-1].choices[0].finish_reason == "tool_calls"
 
 
+@pytest.mark.process
 def test_openai_sse_layout_new(http: httpx.Client) -> None:
     expected = tokens.expected_generation("llama3.2", user(SKY))
     body = streamed_with_usage(model="llama3.2", messages=user(SKY))
@@ -838,6 +865,7 @@ def test_openai_sse_layout_new(http: httpx.Client) -> None:
     assert all("usage" not in json.loads(d) for d in no_usage[:-1])
 
 
+@pytest.mark.process
 def test_openai_sse_layout_old(emu: EmulatorServer, http: httpx.Client) -> None:
     emu.configure(openai_layout="old")
     expected = tokens.expected_generation("llama3.2", user(SKY))
@@ -859,6 +887,7 @@ def test_openai_sse_layout_old(emu: EmulatorServer, http: httpx.Client) -> None:
     assert events[-1]["usage"]["completion_tokens"] == expected.eval_count
 
 
+@pytest.mark.process
 def test_openai_completions_embeddings_models(oai: openai.OpenAI, http: httpx.Client) -> None:
     expected = tokens.expected_generation("llama3.2", "Say hi", num_predict=4)
     completion = oai.completions.create(model="llama3.2", prompt="Say hi", max_tokens=4)
@@ -913,6 +942,7 @@ def test_openai_completions_embeddings_models(oai: openai.OpenAI, http: httpx.Cl
 # --- Anthropic layer ---------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_anthropic_messages_stream_and_json(http: httpx.Client) -> None:
     expected = tokens.expected_generation("qwen3", user("hello"), num_predict=10)
     body = {"model": "qwen3", "max_tokens": 10, "messages": user("hello"), "stream": True}
@@ -956,6 +986,7 @@ def test_anthropic_messages_stream_and_json(http: httpx.Client) -> None:
 # --- OpenAI Responses API -------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_openai_responses_api(oai: openai.OpenAI, http: httpx.Client) -> None:
     expected = tokens.expected_generation("qwen3", user("hello"))
     response = oai.responses.create(model="qwen3", input="hello")
@@ -998,6 +1029,7 @@ def test_openai_responses_api(oai: openai.OpenAI, http: httpx.Client) -> None:
 # --- lifecycle, CLI flags, helpers ------------------------------------------------------
 
 
+@pytest.mark.process
 def test_stop_and_start_on_the_same_port_with_cli_flags() -> None:
     config = EmulatorConfig(version="0.9.0", openai_layout="old", token_delay=0.0)
     with EmulatorServer(config) as other:

@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,20 +24,16 @@ import httpx
 import pytest
 
 from tests import fake_ollama
+from tests.emulator.server import request_log, reset_emulator
 from tests.fake_ollama.cli import main
 from tests.fake_ollama.client import go_json
 from tests.fake_ollama.commands import Console
 from tests.fake_ollama.hosts import OllamaHost, resolve_host
 from tests.fake_ollama.modelfile import ModelfileError, create_request
 from tests.fake_ollama.render import go_duration, human_bytes, human_time
+from tests.support import free_port, wait_until_listening
 
 REFUSED = "Error: could not connect to ollama server, run 'ollama serve' to start it\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ollama(
@@ -74,26 +69,13 @@ class Served:
         return (self.logs / "serve.err").read_text(encoding="utf-8")
 
     def requests(self) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = httpx.get(self.url + "/_emulator/requests").json()
-        return entries
+        return request_log(self.url)
 
     def calls(self) -> list[str]:
         return [f"{entry['method']} {entry['path']}" for entry in self.requests()]
 
     def reset(self) -> None:
-        httpx.post(self.url + "/_emulator/reset", json={"catalog": True}).raise_for_status()
-
-
-def wait_listening(process: subprocess.Popen[bytes], port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"ollama serve exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"ollama serve is not listening on {port}")
+        reset_emulator(self.url, catalog=True)
 
 
 @contextmanager
@@ -105,7 +87,7 @@ def serving(logs: Path, bind: str = "127.0.0.1", **knobs: str) -> Iterator[Serve
     with (logs / "serve.out").open("wb") as out, (logs / "serve.err").open("wb") as err:
         process = subprocess.Popen(["ollama", "serve"], env=env, stdout=out, stderr=err)
         try:
-            wait_listening(process, port)
+            wait_until_listening(port, process)
             yield Served(process, port, env, logs)
         finally:
             if process.poll() is None:
@@ -222,6 +204,7 @@ def test_modelfile_becomes_the_create_request() -> None:
 # --- the executable, without a server ----------------------------------------------------
 
 
+@pytest.mark.process
 def test_the_script_is_found_on_path_and_runs_the_venv_python() -> None:
     env = fake_ollama.environ()
     assert shutil.which("ollama", path=env["PATH"]) == str(fake_ollama.EXECUTABLE)
@@ -232,6 +215,7 @@ def test_the_script_is_found_on_path_and_runs_the_venv_python() -> None:
     assert "Available Commands:" in done.stdout
 
 
+@pytest.mark.process
 def test_client_commands_without_a_server_say_how_to_start_one() -> None:
     env = fake_ollama.environ(OLLAMA_HOST=f"127.0.0.1:{free_port()}")
     for args in (["list"], ["ps"], ["run", "llama3.2", "hi"], ["pull", "llama3.2"]):
@@ -239,6 +223,7 @@ def test_client_commands_without_a_server_say_how_to_start_one() -> None:
         assert (done.returncode, done.stdout, done.stderr) == (1, "", REFUSED), args
 
 
+@pytest.mark.process
 def test_version_without_a_server_warns_and_succeeds() -> None:
     done = ollama("-v", env=fake_ollama.environ(OLLAMA_HOST=f"127.0.0.1:{free_port()}"))
     assert done.returncode == 0
@@ -248,6 +233,7 @@ def test_version_without_a_server_warns_and_succeeds() -> None:
     )
 
 
+@pytest.mark.process
 def test_usage_errors_are_reported_like_cobra() -> None:
     env = fake_ollama.environ(OLLAMA_HOST=f"127.0.0.1:{free_port()}")
     unknown = ollama("frobnicate", env=env)
@@ -276,6 +262,7 @@ def server(shared: Served) -> Served:
     return shared
 
 
+@pytest.mark.process
 def test_serve_logs_like_the_real_server(server: Served) -> None:
     assert f'msg="Listening on 127.0.0.1:{server.port} (version 0.33.0)"' in server.stderr()
     assert ollama("list", env=server.env).returncode == 0
@@ -283,6 +270,7 @@ def test_serve_logs_like_the_real_server(server: Served) -> None:
     assert "| 200 |" in server.stdout()
 
 
+@pytest.mark.process
 def test_list_sends_a_heartbeat_then_prints_the_table(server: Served) -> None:
     done = ollama("list", env=server.env)
     assert done.returncode == 0, done.stderr
@@ -294,6 +282,7 @@ def test_list_sends_a_heartbeat_then_prints_the_table(server: Served) -> None:
     assert headers["user-agent"] == "ollama/0.33.0 (amd64 linux) Go/go1.24.0"
 
 
+@pytest.mark.process
 def test_show_prints_details_or_not_found(server: Served) -> None:
     done = ollama("show", "llama3.2", env=server.env)
     assert done.returncode == 0, done.stderr
@@ -303,6 +292,7 @@ def test_show_prints_details_or_not_found(server: Served) -> None:
     assert (missing.returncode, missing.stderr) == (1, "Error: model 'nope' not found\n")
 
 
+@pytest.mark.process
 def test_pull_streams_progress_and_installs_the_model(server: Served) -> None:
     done = ollama("pull", "smollm2:135m", env=server.env)
     assert done.returncode == 0, done.stderr
@@ -316,6 +306,7 @@ def test_pull_streams_progress_and_installs_the_model(server: Served) -> None:
     assert unknown.stderr.endswith("Error: pull model manifest: file does not exist\n")
 
 
+@pytest.mark.process
 def test_run_one_shot_follows_the_real_request_sequence(server: Served) -> None:
     done = ollama("run", "llama3.2", "Why is the sky blue?", env=server.env)
     assert done.returncode == 0, done.stderr
@@ -328,6 +319,7 @@ def test_run_one_shot_follows_the_real_request_sequence(server: Served) -> None:
     assert chat["status"] == 200
 
 
+@pytest.mark.process
 def test_run_pulls_a_missing_model_first(server: Served) -> None:
     done = ollama("run", "smollm2:135m", "hi", env=server.env)
     assert done.returncode == 0, done.stderr
@@ -342,6 +334,7 @@ def test_run_pulls_a_missing_model_first(server: Served) -> None:
     ]
 
 
+@pytest.mark.process
 def test_run_interactive_keeps_the_history(server: Served) -> None:
     done = ollama("run", "llama3.2", env=server.env, stdin="hello there\n/what\nand again\n/bye\n")
     assert done.returncode == 0, done.stderr
@@ -360,6 +353,7 @@ def test_run_interactive_keeps_the_history(server: Served) -> None:
     assert chats[1]["body_sha256"] == sha256(go_json(history))
 
 
+@pytest.mark.process
 def test_run_interactive_ends_at_end_of_input(server: Served) -> None:
     done = ollama("run", "llama3.2", env=server.env, stdin="")
     assert (done.returncode, done.stdout) == (0, "")
@@ -371,6 +365,7 @@ class TerminalInput(io.StringIO):
         return True
 
 
+@pytest.mark.process
 def test_run_interactive_prompts_on_a_terminal(server: Served) -> None:
     console = Console(io.StringIO(), io.StringIO(), TerminalInput("hi\n/bye\n"))
     environ = {"OLLAMA_HOST": f"127.0.0.1:{server.port}"}
@@ -381,6 +376,7 @@ def test_run_interactive_prompts_on_a_terminal(server: Served) -> None:
     assert console.err.getvalue() == ""
 
 
+@pytest.mark.process
 def test_ps_and_stop(server: Served) -> None:
     assert ollama("ps", env=server.env).stdout.split() == [
         "NAME",
@@ -408,6 +404,7 @@ def test_ps_and_stop(server: Served) -> None:
     )
 
 
+@pytest.mark.process
 def test_create_copy_and_remove(server: Served, tmp_path: Path) -> None:
     (tmp_path / "Modelfile").write_text("FROM llama3.2\nSYSTEM You are terse.\n")
     created = ollama("create", "terse", env=server.env, cwd=tmp_path)
@@ -427,6 +424,7 @@ def test_create_copy_and_remove(server: Served, tmp_path: Path) -> None:
     assert no_file.stderr == "Error: specified Modelfile wasn't found\n"
 
 
+@pytest.mark.process
 def test_push_and_version(server: Served) -> None:
     pushed = ollama("push", "llama3.2", env=server.env)
     assert pushed.returncode == 0, pushed.stderr
@@ -438,6 +436,7 @@ def test_push_and_version(server: Served) -> None:
 # --- serve's lifecycle and knobs ---------------------------------------------------------
 
 
+@pytest.mark.process
 def test_serve_exits_0_on_sigterm_and_sigint(tmp_path: Path) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         with serving(tmp_path / signum.name) as served:
@@ -445,6 +444,7 @@ def test_serve_exits_0_on_sigterm_and_sigint(tmp_path: Path) -> None:
             assert served.process.wait(timeout=10) == 0
 
 
+@pytest.mark.process
 def test_a_taken_port_fails_like_go() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -455,6 +455,7 @@ def test_a_taken_port_fails_like_go() -> None:
     assert done.stderr == f"Error: listen tcp 127.0.0.1:{port}: bind: address already in use\n"
 
 
+@pytest.mark.process
 def test_crash_after_exits_2_and_every_start_is_in_the_pidfile(tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     knobs = {"FAKE_OLLAMA_PIDFILE": str(pidfile), "FAKE_OLLAMA_CRASH_AFTER": "0.5"}
@@ -471,6 +472,7 @@ def test_crash_after_exits_2_and_every_start_is_in_the_pidfile(tmp_path: Path) -
     assert pids[0] == served.process.pid
 
 
+@pytest.mark.process
 def test_empty_host_binds_every_interface(tmp_path: Path) -> None:
     with serving(tmp_path, bind="") as served:
         port = served.port
@@ -479,6 +481,7 @@ def test_empty_host_binds_every_interface(tmp_path: Path) -> None:
         assert ollama("list", env=served.env).returncode == 0
 
 
+@pytest.mark.process
 def test_token_delay_and_server_version_knobs(tmp_path: Path) -> None:
     knobs = {"FAKE_OLLAMA_TOKEN_DELAY": "0.05", "FAKE_OLLAMA_SERVER_VERSION": "0.30.0"}
     with serving(tmp_path, **knobs) as served:

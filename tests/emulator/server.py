@@ -27,7 +27,7 @@ from tests.emulator.app import create_app
 from tests.emulator.config import EmulatorConfig
 from tests.emulator.wire import EmulatedReset
 
-__all__ = ["EmulatorServer", "serve"]
+__all__ = ["EmulatorServer", "request_log", "reset_emulator", "serve"]
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,15 +168,10 @@ class EmulatorServer:
     # Conveniences for tests: the /_emulator control endpoints.
 
     def requests(self) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/_emulator/requests", timeout=5)
-        response.raise_for_status()
-        result: list[dict[str, Any]] = response.json()
-        return result
+        return request_log(self.url)
 
     def reset(self, *, catalog: bool = False) -> None:
-        httpx.post(
-            f"{self.url}/_emulator/reset", json={"catalog": catalog}, timeout=5
-        ).raise_for_status()
+        reset_emulator(self.url, catalog=catalog)
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Change the live config (token_delay, first_token_delay, openai_layout, version)."""
@@ -186,3 +181,18 @@ class EmulatorServer:
             setattr(self.config, key, value)
         result: dict[str, Any] = response.json()
         return result
+
+
+def request_log(url: str) -> list[dict[str, Any]]:
+    """What the emulator at ``url`` received, oldest first (``GET /_emulator/requests``);
+    also for an emulator that another program started (the fake ``ollama serve``)."""
+    response = httpx.get(f"{url}/_emulator/requests", timeout=5)
+    response.raise_for_status()
+    result: list[dict[str, Any]] = response.json()
+    return result
+
+
+def reset_emulator(url: str, *, catalog: bool = False) -> None:
+    """Empty the request log of the emulator at ``url``; with ``catalog``, undo every
+    model change too."""
+    httpx.post(f"{url}/_emulator/reset", json={"catalog": catalog}, timeout=5).raise_for_status()

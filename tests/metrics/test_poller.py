@@ -125,6 +125,7 @@ def test_nothing_is_exported_before_the_first_good_poll() -> None:
     run(scenario)
 
 
+@pytest.mark.process
 def test_loaded_models_carry_the_sizes_api_ps_reported(emulator: EmulatorServer) -> None:
     load(emulator.url, "llama3.2")
     load(emulator.url, EMBED)
@@ -144,6 +145,7 @@ def test_loaded_models_carry_the_sizes_api_ps_reported(emulator: EmulatorServer)
     run(scenario)
 
 
+@pytest.mark.process
 def test_an_unloaded_model_disappears_on_the_next_poll(emulator: EmulatorServer) -> None:
     load(emulator.url, "llama3.2")
     load(emulator.url, EMBED)
@@ -165,6 +167,7 @@ def test_an_unloaded_model_disappears_on_the_next_poll(emulator: EmulatorServer)
     run(scenario)
 
 
+@pytest.mark.process
 def test_upstream_outage_keeps_then_clears_the_snapshot_and_recovers(
     emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -207,6 +210,7 @@ def test_upstream_outage_keeps_then_clears_the_snapshot_and_recovers(
     assert "readable again" in infos[0]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("status", "body"),
     [
@@ -238,6 +242,7 @@ def test_a_bad_answer_is_a_failed_poll(status: int, body: bytes) -> None:
     run(scenario)
 
 
+@pytest.mark.process
 def test_garbage_does_not_end_the_loop_and_a_good_answer_heals_it() -> None:
     async def scenario(http: httpx.AsyncClient) -> None:
         with ScriptedServer() as server:
@@ -262,6 +267,7 @@ def test_garbage_does_not_end_the_loop_and_a_good_answer_heals_it() -> None:
     run(scenario)
 
 
+@pytest.mark.process
 def test_a_hanging_upstream_times_out_within_the_interval() -> None:
     async def scenario(http: httpx.AsyncClient) -> None:
         with ScriptedServer() as server:
@@ -274,6 +280,7 @@ def test_a_hanging_upstream_times_out_within_the_interval() -> None:
     run(scenario)
 
 
+@pytest.mark.process
 def test_stop_ends_the_named_task() -> None:
     async def scenario(http: httpx.AsyncClient) -> None:
         with ScriptedServer() as server:
@@ -295,6 +302,7 @@ def test_stop_ends_the_named_task() -> None:
     run(scenario)
 
 
+@pytest.mark.process
 def test_per_model_series_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
     many = {"models": [entry(f"model-{i:03d}", 1000 + i, i) for i in range(150)]}
 

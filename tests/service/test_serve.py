@@ -11,7 +11,7 @@ import pytest
 
 from app.service.binary import find_ollama
 from app.service.ports import describe_port_owner
-from app.service.supervisor import upstream_address, child_environment
+from app.service.supervisor import child_environment, upstream_address
 from tests.emulator import EmulatorServer
 from tests.support import ProxyProcess, free_port
 

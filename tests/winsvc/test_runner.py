@@ -84,6 +84,7 @@ def write_config(path: Path, **values: object) -> Path:
     return path
 
 
+@pytest.mark.process
 def test_proxy_mode_reports_states_serves_and_drains_on_stop(
     emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,6 +131,7 @@ def test_proxy_mode_reports_states_serves_and_drains_on_stop(
     assert "service stopped (status 0)" in log
 
 
+@pytest.mark.process
 def test_serve_mode_runs_ollama_and_stops_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,6 +187,7 @@ def test_serve_without_ollama_says_how_to_fix_it(
     assert "Ollama is not installed" in log
 
 
+@pytest.mark.process
 def test_a_port_in_use_is_reported_not_hung(
     emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,6 +205,7 @@ def test_a_port_in_use_is_reported_not_hung(
     assert "already listening" in log or "already in use" in log
 
 
+@pytest.mark.process
 def test_stop_during_start_ends_cleanly(
     emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

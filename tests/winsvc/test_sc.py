@@ -150,6 +150,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.process
 def test_dry_run_prints_only_the_commands_on_stdout_on_any_os() -> None:
     exe = r"C:\Program Files (x86)\Ollama Metrics\ollama-metrics.exe"
     result = cli("service", "install", "--dry-run", "--name", "OM", "--exe", exe)
@@ -164,6 +165,7 @@ def test_dry_run_prints_only_the_commands_on_stdout_on_any_os() -> None:
     assert "rem register the service" in result.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("action", "expected"),
     [
@@ -179,6 +181,7 @@ def test_dry_run_of_each_action(action: str, expected: list[str]) -> None:
     assert result.stdout.splitlines() == expected
 
 
+@pytest.mark.process
 def test_without_dry_run_off_windows_the_error_says_so() -> None:
     result = cli("service", "install", "--exe", r"C:\x\ollama-metrics.exe")
     assert result.returncode == 1
@@ -186,6 +189,7 @@ def test_without_dry_run_off_windows_the_error_says_so() -> None:
     assert "--dry-run" in result.stderr
 
 
+@pytest.mark.process
 def test_a_bad_path_is_a_clear_error_not_a_traceback() -> None:
     result = cli("service", "install", "--dry-run", "--exe", "relative\\ollama-metrics.exe")
     assert result.returncode == 1

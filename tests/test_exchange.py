@@ -1,0 +1,584 @@
+"""The tap on one exchange, fed by hand as the forwarder feeds it: a request body, the
+response head, the body in awkward pieces, the end; then the record the sinks receive.
+
+Every expected value is written out from the wire bytes below, never taken from the code
+under test. Time is a fake clock, so durations and time to first token are exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from app import exchange
+from app.auth import SCOPE_KEY
+from app.exchange import ExchangeTap, Recorder
+from app.record import ExchangeRecord, ulid_ms
+from tests.asgi import http_scope
+from tests.support import RecordingSink
+
+NDJSON = [(b"content-type", b"application/x-ndjson")]
+SSE = [(b"content-type", b"text/event-stream")]
+JSON = [(b"content-type", b"application/json; charset=utf-8")]
+
+CHAT_REQUEST = {
+    "model": "llama3.2",
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ],
+}
+
+
+def line(obj: dict[str, Any]) -> bytes:
+    """One NDJSON line as Ollama's Go encoder writes it (compact, UTF-8 unescaped)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def chat_chunk(content: str) -> bytes:
+    return line(
+        {
+            "model": "llama3.2",
+            "created_at": "2026-11-27T12:00:00.5Z",
+            "message": {"role": "assistant", "content": content},
+            "done": False,
+        }
+    )
+
+
+CHAT_DONE = line(
+    {
+        "model": "llama3.2",
+        "created_at": "2026-11-27T12:00:02Z",
+        "message": {"role": "assistant", "content": ""},
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": 2_000_000_000,
+        "load_duration": 100_000_000,
+        "prompt_eval_count": 26,
+        "prompt_eval_duration": 200_000_000,
+        "eval_count": 3,
+        "eval_duration": 1_500_000_000,
+    }
+)
+CHAT_STREAM = chat_chunk("The ") + chat_chunk("sky é ") + chat_chunk("scatters 🌈") + CHAT_DONE
+CHAT_TEXT = "The sky é scatters 🌈"
+
+
+def sse(obj: dict[str, Any] | str) -> bytes:
+    data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
+    return b"data: " + data.encode() + b"\n\n"
+
+
+def openai_chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return sse(
+        {
+            "id": "chatcmpl-7",
+            "object": "chat.completion.chunk",
+            "created": 1796212800,
+            "model": "llama3.2",
+            "system_fingerprint": "fp_ollama",
+            "choices": [choice],
+        }
+    )
+
+
+# What Ollama streams for /v1/chat/completions; the usage chunk only with include_usage.
+OPENAI_EVENTS = [
+    openai_chunk({"role": "assistant", "content": "Rayleigh"}),
+    openai_chunk({"role": "assistant", "content": " scattering."}),
+    openai_chunk({"role": "assistant", "content": ""}, finish="stop"),
+]
+OPENAI_USAGE = sse(
+    {
+        "id": "chatcmpl-7",
+        "object": "chat.completion.chunk",
+        "created": 1796212800,
+        "model": "llama3.2",
+        "system_fingerprint": "fp_ollama",
+        "choices": [],
+        "usage": {"prompt_tokens": 31, "completion_tokens": 2, "total_tokens": 33},
+    }
+)
+OPENAI_DONE = sse("[DONE]")
+
+
+class Clock:
+    """Stands in for the ``time`` module in ``app.exchange``: moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_796_212_800.0 + self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(exchange, "time", fake)
+    return fake
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+def recorder(sink: RecordingSink, seen: list[str] | None = None, **options: Any) -> Recorder:
+    """A recorder as the app builds one, whose categoriser says ``science`` and notes what
+    it was asked."""
+
+    def categorise(prompt: str) -> str:
+        if seen is not None:
+            seen.append(prompt)
+        return "science"
+
+    return Recorder(sinks=[sink], categorise=categorise, **options)
+
+
+def open_tap(rec: Recorder, path: str, *, method: str = "POST") -> ExchangeTap:
+    return rec.open(http_scope(path, method=method))
+
+
+def pieces(body: bytes, *cuts: int) -> list[bytes]:
+    """``body`` cut at the offsets ``cuts`` (sorted, each inside the body)."""
+    bounds = [0, *sorted(cuts), len(body)]
+    return [body[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def inside(body: bytes, part: bytes, offset: int = 1) -> int:
+    """An offset ``offset`` bytes into the first ``part`` of ``body``."""
+    return body.index(part) + offset
+
+
+def exchange_of(
+    tap: ExchangeTap,
+    request: bytes | None,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body_pieces: list[bytes],
+    *,
+    clock: Clock | None = None,
+    step: float = 0.0,
+) -> tuple[bytes | None, bytes]:
+    """Feed a whole exchange the way the forwarder does; return the body sent upstream and
+    everything the client received. With a clock, each piece comes ``step`` seconds later."""
+    sent = tap.begin(request)
+    tap.response_start(status, headers)
+    out = b""
+    for piece in body_pieces:
+        if clock is not None:
+            clock.now += step
+        out += tap.response_chunk(piece)
+    out += tap.response_end()
+    return sent, out
+
+
+def finished(sink: RecordingSink) -> ExchangeRecord:
+    (record,) = sink.records
+    return record
+
+
+# -- a native chat stream ------------------------------------------------------------------
+
+
+def test_a_native_chat_stream_becomes_one_exact_record(clock: Clock, sink: RecordingSink) -> None:
+    seen: list[str] = []
+    rec = recorder(sink, seen)
+    request = json.dumps(CHAT_REQUEST).encode()
+    headers = [(b"user-agent", b"ollama-python/0.6.3"), (b"content-type", b"application/json")]
+    scope = http_scope("/api/chat", method="POST", headers=headers)
+    scope["client"] = ("10.1.2.3", 50123)
+    scope[SCOPE_KEY] = "alice"
+    tap = rec.open(scope)
+    # Cut inside the first line and right after it, inside the two bytes of "é", inside
+    # the four of "🌈", inside the last line: the first token counts once its line is whole.
+    cut = pieces(
+        CHAT_STREAM,
+        10,
+        CHAT_STREAM.index(b"\n") + 1,
+        inside(CHAT_STREAM, "é".encode()),
+        inside(CHAT_STREAM, "🌈".encode(), 3),
+        inside(CHAT_STREAM, b'"done":true', 4),
+    )
+    sent = tap.begin(request)
+    clock.now = 100.25
+    tap.response_start(200, NDJSON)
+    out = tap.response_chunk(cut[0])  # the start of the first line, at 100.25
+    clock.now = 100.5  # its end: the first token
+    for piece in cut[1:]:
+        out += tap.response_chunk(piece)
+        clock.now += 0.25
+    out += tap.response_end()
+    clock.now = 103.0
+    tap.close(client_gone=False, error_reason=None, error=None)
+
+    assert sent == request  # a native request goes up untouched
+    assert out == CHAT_STREAM  # and the answer comes back untouched
+    record = finished(sink)
+    assert seen == ["Why is the sky blue?"]  # the last user message is the prompt
+    assert sink.starts == [(record.id, "/api/chat", "llama3.2:latest")]
+    assert (record.method, record.path, record.endpoint) == ("POST", "/api/chat", "/api/chat")
+    assert record.operation == "chat"
+    assert record.model == "llama3.2:latest"
+    assert record.prompt == "Why is the sky blue?"
+    assert record.category == "science"
+    assert (record.client, record.user_agent, record.api_key) == (
+        "10.1.2.3",
+        "ollama-python/0.6.3",
+        "alice",
+    )
+    assert (record.status, record.streamed) == (200, True)
+    assert record.response == CHAT_TEXT
+    assert record.thinking == ""
+    assert record.done_reason == "stop"
+    assert (record.error, record.upstream_error, record.cancelled) == (None, None, False)
+    assert (record.prompt_tokens, record.completion_tokens) == (26, 3)
+    assert record.ollama_total_s == 2.0
+    assert record.ollama_load_s == 0.1
+    assert record.ollama_prompt_eval_s == 0.2
+    assert record.ollama_eval_s == 1.5
+    assert record.tokens_per_second == 2.0
+    assert record.ttft_s == 0.5
+    assert record.duration_s == 3.0
+    assert record.timestamp == 1_796_212_900.0
+    assert ulid_ms(record.id) == 1_796_212_900_000
+    assert record.request_body == request.decode()
+    assert (record.request_bytes, record.response_bytes) == (len(request), len(CHAT_STREAM))
+    assert record.usage_injected is False
+    assert record.text_truncated is False
+
+
+def test_every_single_cut_of_the_stream_reads_the_same(sink: RecordingSink) -> None:
+    rec = recorder(sink)
+    request = json.dumps(CHAT_REQUEST).encode()
+    for cut in range(1, len(CHAT_STREAM)):
+        tap = open_tap(rec, "/api/chat")
+        _, out = exchange_of(tap, request, 200, NDJSON, pieces(CHAT_STREAM, cut))
+        tap.close(client_gone=False, error_reason=None, error=None)
+        record = sink.records[-1]
+        assert out == CHAT_STREAM, cut
+        assert (record.response, record.completion_tokens, record.upstream_error) == (
+            CHAT_TEXT,
+            3,
+            None,
+        ), cut
+    assert len(sink.records) == len(CHAT_STREAM) - 1
+
+
+def test_a_stream_cut_short_is_a_midstream_error(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    cut = chat_chunk("The ") + chat_chunk("sky")[:20]  # no done line: Ollama stopped early
+    exchange_of(tap, json.dumps(CHAT_REQUEST).encode(), 200, NDJSON, [cut])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    record = finished(sink)
+    assert record.status == 200
+    assert record.upstream_error == "midstream"
+    assert record.error == "the stream ended before Ollama finished it"
+    assert record.response == "The "
+    assert (record.completion_tokens, record.done_reason) == (None, None)
+
+
+def test_an_error_line_from_ollama_is_the_records_error(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/generate")
+    failure = line({"error": "an error was encountered while running the model: unexpected EOF"})
+    body = line({"model": "llama3.2", "response": "Once", "done": False}) + failure
+    request = json.dumps({"model": "llama3.2", "prompt": "Tell a story"}).encode()
+    _, out = exchange_of(tap, request, 200, NDJSON, pieces(body, len(body) - 7))
+    tap.close(client_gone=False, error_reason=None, error=None)
+    record = finished(sink)
+    assert out == body
+    assert record.operation == "text_completion"
+    assert record.prompt == "Tell a story"
+    assert record.upstream_error == "midstream"
+    assert record.error == "an error was encountered while running the model: unexpected EOF"
+    assert record.response == "Once"
+
+
+def test_the_forwarders_own_error_is_kept(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    exchange_of(tap, json.dumps(CHAT_REQUEST).encode(), 200, NDJSON, [chat_chunk("The ")])
+    reason = "Ollama at http://127.0.0.1:11435 broke off the response unfinished"
+    tap.close(client_gone=False, error_reason="reset", error=reason)
+    record = finished(sink)
+    assert (record.status, record.upstream_error, record.error) == (200, "reset", reason)
+
+
+# -- the client leaving, Ollama unreachable ------------------------------------------------
+
+
+def test_a_client_leaving_mid_stream_is_cancelled_not_an_error(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    exchange_of(tap, json.dumps(CHAT_REQUEST).encode(), 200, NDJSON, [chat_chunk("The ")])
+    tap.close(client_gone=True, error_reason=None, error=None)
+    record = finished(sink)
+    assert record.cancelled is True
+    assert (record.status, record.upstream_error, record.error) == (200, None, None)
+    assert record.response == "The "
+
+
+def test_a_client_leaving_before_any_answer_is_a_499(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    tap.begin(json.dumps(CHAT_REQUEST).encode())
+    tap.close(client_gone=True, error_reason=None, error=None)
+    record = finished(sink)
+    assert (record.status, record.cancelled, record.streamed) == (499, True, False)
+    assert record.model == "llama3.2:latest"
+    assert record.ttft_s is None
+
+
+def test_a_client_leaving_before_its_request_went_up_still_balances_in_flight(
+    sink: RecordingSink,
+) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    tap.close(client_gone=True, error_reason=None, error=None)
+    record = finished(sink)
+    # Every finished record had its start: the in-flight gauge goes up and down once.
+    assert sink.starts == [(record.id, "/api/chat", "")]
+    assert (record.status, record.cancelled, record.model, record.category) == (
+        499,
+        True,
+        "",
+        "none",
+    )
+
+
+def test_ollama_unreachable_is_a_502_with_the_reason(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    tap.begin(json.dumps(CHAT_REQUEST).encode())
+    message = "cannot connect to Ollama at http://127.0.0.1:11435 (connection refused)"
+    tap.close(client_gone=False, error_reason="connect", error=message)
+    record = finished(sink)
+    assert (record.status, record.upstream_error, record.error) == (502, "connect", message)
+    assert record.cancelled is False
+
+
+# -- OpenAI-compatible streams and usage injection -----------------------------------------
+
+
+def test_usage_is_asked_for_and_stripped_so_the_client_sees_its_own_stream(
+    clock: Clock, sink: RecordingSink
+) -> None:
+    rec = recorder(sink)
+    asked = {"model": "llama3.2", "stream": True, "messages": [CHAT_REQUEST["messages"][1]]}
+    request = json.dumps(asked).encode()
+    stream = b"".join(OPENAI_EVENTS) + OPENAI_USAGE + OPENAI_DONE
+    # Cut inside "data:", between the two newlines that end an event, inside the usage
+    # chunk, and just before [DONE].
+    cut = pieces(
+        stream,
+        2,
+        inside(stream, b"\n\n"),
+        inside(stream, b'"usage"', 3),
+        inside(stream, OPENAI_DONE, 0),
+        len(stream) - 1,
+    )
+    tap = open_tap(rec, "/v1/chat/completions")
+    sent, out = exchange_of(tap, request, 200, SSE, cut, clock=clock, step=0.125)
+    tap.close(client_gone=False, error_reason=None, error=None)
+
+    assert json.loads(sent or b"") == {**asked, "stream_options": {"include_usage": True}}
+    assert out == b"".join(OPENAI_EVENTS) + OPENAI_DONE  # the usage chunk is gone
+    record = finished(sink)
+    assert record.usage_injected is True
+    assert record.request_body == request.decode()  # as the client sent it
+    assert (record.prompt_tokens, record.completion_tokens) == (31, 2)
+    assert record.response == "Rayleigh scattering."
+    assert (record.done_reason, record.upstream_error) == ("stop", None)
+    assert record.model == "llama3.2:latest"
+    assert record.operation == "chat"
+    # The first event is whole with its second newline, in the third piece (at 100.375).
+    assert record.ttft_s == 0.375
+    assert record.response_bytes == len(stream)
+
+
+def test_a_client_that_asked_for_usage_gets_every_byte(sink: RecordingSink) -> None:
+    options = {"include_usage": True}
+    asked = {"model": "llama3.2", "stream": True, "stream_options": options, "messages": []}
+    request = json.dumps(asked).encode()
+    stream = b"".join(OPENAI_EVENTS) + OPENAI_USAGE + OPENAI_DONE
+    tap = open_tap(recorder(sink), "/v1/chat/completions")
+    sent, out = exchange_of(
+        tap, request, 200, SSE, pieces(stream, 5, len(stream) // 2, len(stream) - 3)
+    )
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert sent == request
+    assert out == stream
+    record = finished(sink)
+    assert record.usage_injected is False
+    assert (record.prompt_tokens, record.completion_tokens) == (31, 2)
+
+
+def test_without_injection_the_body_and_stream_pass_as_they_are(sink: RecordingSink) -> None:
+    asked = {"model": "llama3.2", "stream": True, "messages": [CHAT_REQUEST["messages"][1]]}
+    request = json.dumps(asked).encode()
+    stream = b"".join(OPENAI_EVENTS) + OPENAI_DONE
+    tap = open_tap(recorder(sink, inject_usage=False), "/v1/chat/completions")
+    sent, out = exchange_of(tap, request, 200, SSE, pieces(stream, 100))
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert (sent, out) == (request, stream)
+    record = finished(sink)
+    assert record.usage_injected is False
+    assert (record.prompt_tokens, record.completion_tokens) == (None, None)
+    assert record.response == "Rayleigh scattering."
+
+
+def test_an_event_stream_without_done_is_a_midstream_error(sink: RecordingSink) -> None:
+    asked = {"model": "llama3.2", "stream": True, "messages": []}
+    tap = open_tap(recorder(sink, inject_usage=False), "/v1/chat/completions")
+    exchange_of(tap, json.dumps(asked).encode(), 200, SSE, [OPENAI_EVENTS[0]])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert finished(sink).upstream_error == "midstream"
+
+
+# -- other answers -------------------------------------------------------------------------
+
+
+def test_a_whole_json_answer_is_read_at_its_end(sink: RecordingSink) -> None:
+    answer = {
+        "model": "llama3.2",
+        "response": "Blue light scatters more.",
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": 900_000_000,
+        "prompt_eval_count": 12,
+        "eval_count": 5,
+        "eval_duration": 250_000_000,
+    }
+    body = json.dumps(answer).encode()
+    request = json.dumps({"model": "llama3.2", "prompt": "Why?", "stream": False}).encode()
+    tap = open_tap(recorder(sink), "/api/generate")
+    _, out = exchange_of(tap, request, 200, JSON, pieces(body, 40))
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert out == body
+    record = finished(sink)
+    assert (record.streamed, record.ttft_s) == (False, None)  # no time to first token
+    assert record.response == "Blue light scatters more."
+    assert (record.prompt_tokens, record.completion_tokens) == (12, 5)
+    assert record.tokens_per_second == 20.0
+    assert (record.upstream_error, record.error) == (None, None)
+
+
+def test_an_error_answer_keeps_ollamas_status_and_message(sink: RecordingSink) -> None:
+    body = b'{"error":"model \\"nope\\" not found, try pulling it first"}'
+    tap = open_tap(recorder(sink), "/api/chat")
+    exchange_of(tap, b'{"model":"nope","messages":[]}', 404, JSON, [body])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    record = finished(sink)
+    assert (record.status, record.model) == (404, "nope:latest")
+    assert record.error == 'model "nope" not found, try pulling it first'
+    assert record.upstream_error is None  # Ollama answered; it was not cut off
+
+
+def test_requests_that_are_not_read_carry_no_facts(sink: RecordingSink) -> None:
+    seen: list[str] = []
+    tap = open_tap(recorder(sink, seen), "/api/tags", method="GET")
+    assert tap.inspect_request is False
+    exchange_of(tap, None, 200, JSON, [b'{"models":[]}'])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    record = finished(sink)
+    assert seen == []
+    assert (record.model, record.prompt, record.category, record.operation) == (
+        "",
+        "",
+        "none",
+        None,
+    )
+    assert (record.request_body, record.response_bytes) == ("", 13)
+
+
+def test_only_chat_and_completions_are_categorised(sink: RecordingSink) -> None:
+    seen: list[str] = []
+    tap = open_tap(recorder(sink, seen), "/api/embed")
+    tap.begin(b'{"model":"nomic-embed-text","input":"why is the sky blue"}')
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert seen == []
+    assert finished(sink).category == "none"
+    assert finished(sink).prompt == "why is the sky blue"
+
+
+def test_texts_are_capped_at_the_limit_and_flagged(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink, text_limit=8), "/api/chat")
+    request = json.dumps(CHAT_REQUEST).encode()
+    exchange_of(tap, request, 200, NDJSON, [CHAT_STREAM])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    record = finished(sink)
+    assert record.request_body == request[:8].decode()
+    assert record.response == CHAT_TEXT[:8]
+    assert record.text_truncated is True
+    assert record.completion_tokens == 3  # the counts are read all the same
+
+
+def test_an_unencodable_model_name_is_made_storable(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    request = b'{"model":"llama\\ud800","messages":[{"role":"user","content":"hi \\udfff"}]}'
+    tap.begin(request)
+    tap.close(client_gone=False, error_reason=None, error=None)
+    record = finished(sink)
+    assert (record.model, record.prompt) == ("llama\ufffd:latest", "hi \ufffd")
+    assert sink.starts[0][2] == "llama\ufffd:latest"  # the metric label too
+
+
+# -- nothing the tap does may cost the client its answer ----------------------------------
+
+
+class BrokenReader:
+    """A reader with a bug: it fails on its second chunk, or at the end."""
+
+    def __init__(self, *, at_end: bool = False) -> None:
+        self.at_end = at_end
+        self.fed = 0
+
+    def feed(self, chunk: bytes, now: float) -> bytes:
+        self.fed += 1
+        if self.fed == 2 and not self.at_end:
+            raise RuntimeError("reader bug")
+        return chunk
+
+    def end(self, now: float) -> bytes:
+        raise RuntimeError("reader bug at the end")
+
+
+@pytest.mark.parametrize("at_end", [False, True], ids=["mid-stream", "at-the-end"])
+def test_a_reader_exception_never_costs_the_client_its_bytes(
+    at_end: bool,
+    sink: RecordingSink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(exchange, "reader_for", lambda *args, **kwargs: BrokenReader(at_end=at_end))
+    tap = open_tap(recorder(sink), "/api/chat")
+    cut = pieces(CHAT_STREAM, 50, 200, 300)
+    with caplog.at_level(logging.ERROR, logger="app.exchange"):
+        _, out = exchange_of(tap, json.dumps(CHAT_REQUEST).encode(), 200, NDJSON, cut)
+        tap.close(client_gone=False, error_reason=None, error=None)
+    assert out == CHAT_STREAM
+    record = finished(sink)
+    assert (record.status, record.response_bytes) == (200, len(CHAT_STREAM))
+    expected = "could not read the end of the answer to" if at_end else "could not read the answer"
+    assert [r.getMessage().startswith(expected) for r in caplog.records] == [True]
+
+
+def test_a_failing_sink_does_not_keep_the_record_from_the_others(
+    sink: RecordingSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Failing(RecordingSink):
+        def finished(self, record: ExchangeRecord) -> None:
+            raise RuntimeError("sink bug")
+
+    rec = Recorder(sinks=[Failing(), sink], categorise=lambda prompt: "other")
+    tap = rec.open(http_scope("/api/chat", method="POST"))
+    with caplog.at_level(logging.ERROR, logger="app.exchange"):
+        exchange_of(tap, json.dumps(CHAT_REQUEST).encode(), 200, NDJSON, [CHAT_STREAM])
+        tap.close(client_gone=False, error_reason=None, error=None)
+    assert finished(sink).response == CHAT_TEXT
+    assert len(caplog.records) == 1
