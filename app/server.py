@@ -184,11 +184,13 @@ def serve_until_stopped(server: uvicorn.Server, settings: Settings) -> int:
     )
     try:
         server.run()
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
+    except SystemExit as stop:
+        # uvicorn ends a failed start (lifespan startup failed, bind failed) in sys.exit(3),
+        # raised while it handles the bind's OSError, which it has logged.
+        failure = stop.__context__
+        if isinstance(failure, OSError) and failure.errno == errno.EADDRINUSE:
             log.error("port %s is already in use", settings.proxy_port)
-            return 1
-        raise
+        return 1
     return 0 if server.started else 1
 
 

@@ -1,5 +1,7 @@
-"""tests/README.md cannot go stale: its module table names every module of ``app/`` (and no
-module that is gone), every path it names exists, and every test module is named in it."""
+"""The tests mirror ``app/``, and tests/README.md cannot go stale: every module of ``app/`` has
+its own test file (``app/x/y.py`` → ``tests/x/test_y.py``) unless :data:`NO_OWN_FILE` says why
+not; the README's module table names every module (and no module that is gone) with its own
+file first, every path it names exists, and every test module is named in it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "tests" / "README.md"
 MODULE_TABLE = "## Every module and its tests"
+# Modules whose tests cannot sensibly live in a file named after them, and why.
+NO_OWN_FILE = {
+    "app/__main__.py": "two lines that run app.cli.main; tests/test_cli.py runs python -m app",
+    "app/types.py": "type aliases only; no behaviour to test",
+}
 PATH = re.compile(r"`((?:app|tests|scripts|bench|build)/[^`<>*\s]+)")
 
 
@@ -88,3 +95,38 @@ def test_every_test_module_is_named_in_the_readme() -> None:
     modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("test_*.py"))
     unnamed = [m for m in modules if f"`{m}`" not in text]
     assert not unnamed, f"tests/README.md does not say what these hold: {unnamed}"
+
+
+def own_test_file(module: str) -> str:
+    """``app/x/y.py`` → ``tests/x/test_y.py``; ``app/y.py`` → ``tests/test_y.py``."""
+    parts = module.split("/")[1:]
+    return "/".join(["tests", *parts[:-1], f"test_{parts[-1]}"])
+
+
+def test_every_module_has_a_test_file_named_after_it() -> None:
+    missing = sorted(
+        f"{module} → {own_test_file(module)}"
+        for module in app_modules()
+        if module not in NO_OWN_FILE and not (ROOT / own_test_file(module)).is_file()
+    )
+    assert not missing, f"modules without their own test file: {missing}"
+
+
+def test_every_exemption_is_still_needed() -> None:
+    stale = sorted(
+        module
+        for module in NO_OWN_FILE
+        if not (ROOT / module).is_file() or (ROOT / own_test_file(module)).is_file()
+    )
+    assert not stale, f"NO_OWN_FILE names modules that are gone or have their file: {stale}"
+
+
+def test_each_row_names_the_own_file_first() -> None:
+    wrong = sorted(
+        module
+        for module, tests in module_rows().items()
+        if module in app_modules()
+        and module not in NO_OWN_FILE
+        and not tests.startswith(f"`{own_test_file(module)}`")
+    )
+    assert not wrong, f"rows whose first test is not the module's own file: {wrong}"

@@ -236,23 +236,3 @@ def test_run_starts_the_stack_when_it_is_not_up(tmp_path: Path) -> None:
             except (psutil.Error, TypeError):
                 continue
     assert not any(alive(pid) for pid in ollama_pids(tmp_path))
-
-
-def test_doctor_passes_on_a_working_setup(proxied: tuple[ProxyProcess, dict[str, str]]) -> None:
-    _, env = proxied
-    done = wrapper(env, "doctor")
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = {line.split()[1] for line in done.stdout.splitlines() if line[:1].strip()}
-    assert {"port", "ollama", "proxy", "prometheus", "analytics", "streaming"} <= rows
-    assert "FAIL" not in done.stdout
-    assert "ollama-metrics (version" in done.stdout
-
-
-def test_doctor_names_each_failure_and_its_fix(tmp_path: Path) -> None:
-    env = wrapper_env(tmp_path)
-    done = wrapper(env, "doctor")
-    assert done.returncode == 1
-    lines = done.stdout.splitlines()
-    assert any(line.startswith("FAIL") and "no Ollama answers" in line for line in lines)
-    assert any("fix: ollama-metrics serve" in line for line in lines)
-    assert any(line.startswith("warn") and "the proxy is not running" in line for line in lines)

@@ -16,7 +16,8 @@ def bearer_guard(token: str | None, setting: str, what: str) -> Callable[..., No
         if expected is None:
             return
         scheme, _, secret = (authorization or "").strip().partition(" ")
-        given = secret.strip().encode("utf-8", "surrogateescape")
+        # Starlette decodes header bytes as Latin-1: encoding back gives the bytes sent.
+        given = secret.strip().encode("latin-1", "replace")
         # Both sides hashed to one length first would hide the token's length too; a
         # length leak of a random token is harmless, so compare_digest alone suffices.
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):

@@ -35,21 +35,25 @@ def describe_port_owner(host: str, port: int) -> str | None:
     if not listening(host, port):
         return None
     target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    try:
-        ours = httpx.get(f"http://{target}:{port}/test", timeout=2).json()
-        if isinstance(ours, dict) and "proxy_version" in ours:
-            return (
-                f"ollama-metrics (version {ours['proxy_version']}) is already running on "
-                f"{port}: use it, or stop it first"
-            )
-    except (httpx.HTTPError, ValueError):
-        pass
-    try:
-        answer = httpx.get(f"http://{target}:{port}/api/version", timeout=2)
-        version = answer.json().get("version") if answer.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, AttributeError):
-        version = None
-        answer = None
+    if ":" in target:
+        target = f"[{target}]"  # an IPv6 address in a URL
+    # Asked directly, never through HTTP_PROXY / ALL_PROXY.
+    with httpx.Client(timeout=2, trust_env=False) as client:
+        try:
+            ours = client.get(f"http://{target}:{port}/test").json()
+            if isinstance(ours, dict) and "proxy_version" in ours:
+                return (
+                    f"ollama-metrics (version {ours['proxy_version']}) is already running on "
+                    f"{port}: use it, or stop it first"
+                )
+        except (httpx.HTTPError, ValueError):
+            pass
+        try:
+            answer = client.get(f"http://{target}:{port}/api/version")
+            version = answer.json().get("version") if answer.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            version = None
+            answer = None
     if version:
         return (
             f"an Ollama server (version {version}) is already listening on {port}: "

@@ -49,7 +49,10 @@ def child_environment(
 def upstream_address(url: str) -> str:
     """host:port of the upstream URL, as OLLAMA_HOST for the Ollama that serve starts."""
     parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6: Ollama splits host and port as Go's net.SplitHostPort does
+        host = f"[{host}]"
+    return f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -119,7 +122,8 @@ class OllamaSupervisor:
     async def wait_ready(self, within: float) -> None:
         url = f"http://{self.upstream_host}/api/version"
         deadline = time.monotonic() + within
-        async with httpx.AsyncClient(timeout=2) as client:
+        # Loopback, never through HTTP_PROXY / ALL_PROXY.
+        async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
             while True:
                 if self.process is not None and self.process.poll() is not None:
                     raise RuntimeError(

@@ -20,24 +20,17 @@ from app.analytics.jsonl import compact_json
 from app.analytics.rows import to_row
 from app.analytics.search import SUMMARY_COLUMNS
 from app.analytics.sql import SqlStore, create_store_engine, database_url
-from app.analytics.tables import FULL_TEXT_OBJECTS, metadata, requests, requests_table
+from app.analytics.tables import FULL_TEXT_OBJECTS, metadata, requests_table
 from app.api.analytics import Record, RecordSummary, response_models
 from app.record import STORED, ExchangeRecord, Stored
+from tests.analytics import BUDGET, STRINGS, names
 from tests.conftest import PostgresDatabases
 from tests.support import SQL_STORES, sample_record
-
-BUDGET = 1000
 
 # Two fields of the kind the next issues add: what storing one more takes is its line.
 NODE = Stored("node", "label", 64, nullable=True, filtered=True)
 QUEUE_WAIT = Stored("queue_wait_s", "seconds", nullable=True, summary=False)
 EXTENDED = (*STORED, NODE, QUEUE_WAIT)
-
-# The string fields a record holds as strings (the id is made by the proxy; tool calls are
-# JSON values, stored as their JSON text).
-STRINGS = [
-    f.name for f in STORED if f.kind in ("label", "text") and f.name not in ("id", "tool_calls")
-]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,10 +78,6 @@ def declared_with(fields: tuple[Stored, ...]) -> MetaData:
         if table.name != "requests":
             table.to_metadata(declared)
     return declared
-
-
-def names(fields: tuple[Stored, ...] | list[Stored]) -> list[str]:
-    return [field.name for field in fields]
 
 
 def served(fields: list[str]) -> list[str]:
@@ -140,77 +129,6 @@ def test_every_stored_string_fits_its_migrated_column(migrated: Engine) -> None:
 
 
 # -- the declaration drives the table, the rows and the API -----------------------------------
-
-
-def test_the_table_has_a_column_per_declared_field_in_order() -> None:
-    assert [c.name for c in requests.c] == names(STORED)
-    for field in STORED:
-        col = requests.c[field.name]
-        assert col.nullable is (field.nullable and not field.key)
-        assert col.primary_key is field.key
-        assert isinstance(col.type, String) == (field.kind in ("label", "text"))
-        if field.kind == "label":
-            assert col.type.length == field.size
-
-
-def test_filtered_fields_are_indexed_with_the_id() -> None:
-    indexed = {tuple(c.name for c in index.columns) for index in requests.indexes}
-    for field in STORED:
-        assert ((field.name, "id") in indexed) is field.filtered
-
-
-def test_rows_have_the_declared_fields_in_order() -> None:
-    row = to_row(sample_record(), store_prompts=True, max_text_bytes=BUDGET)
-    assert list(row) == names(STORED)
-    # The JSON line (JSONL file, Loki entry) is the row, key for key.
-    assert list(json.loads(compact_json(row))) == names(STORED)
-
-
-@pytest.mark.parametrize(
-    "field", [f for f in STORED if f.size and not f.key], ids=lambda f: str(f.name)
-)
-def test_a_sized_string_is_cut_to_its_size(field: Stored) -> None:
-    record = sample_record(**{field.name: "é" * (field.size or 0) + "overflow"})
-    row = to_row(record, store_prompts=True, max_text_bytes=BUDGET)
-    assert row[field.name] == "é" * (field.size or 0)
-    assert row["truncated"] is False  # only the text budget sets it
-
-
-def test_budget_texts_are_cut_in_utf8_bytes_and_mark_the_row() -> None:
-    budgeted = [f.name for f in STORED if f.kind == "text" and f.size is None]
-    record = sample_record(**{name: "€" * BUDGET for name in budgeted if name != "tool_calls"})
-    row = to_row(record, store_prompts=True, max_text_bytes=BUDGET)
-    for name in budgeted:
-        if name != "tool_calls":
-            assert row[name] == "€" * (BUDGET // 3), name  # whole characters only
-    assert row["truncated"] is True
-
-
-def test_without_stored_prompts_only_private_texts_are_emptied() -> None:
-    record = sample_record(thinking="hm", tool_calls=({"f": 1},), error="boom")
-    row = to_row(record, store_prompts=False, max_text_bytes=BUDGET)
-    full = to_row(record, store_prompts=True, max_text_bytes=BUDGET)
-    for field in STORED:
-        expected = "" if field.private else full[field.name]
-        assert row[field.name] == expected, field.name
-    assert full["tool_calls"] == '[{"f": 1}]'
-
-
-def test_missing_strings_are_stored_as_declared() -> None:
-    row = to_row(
-        sample_record(error=None, done_reason="", api_key=None),
-        store_prompts=True,
-        max_text_bytes=BUDGET,
-    )
-    assert (row["error"], row["done_reason"], row["api_key"]) == ("", None, None)
-
-
-def test_rows_hold_no_text_a_store_refuses() -> None:
-    record = sample_record(**{name: "a\x00b\udcffc" for name in STRINGS})
-    row = to_row(record, store_prompts=True, max_text_bytes=BUDGET)
-    for name in STRINGS:
-        assert row[name] == "a\ufffdb\ufffdc", name
-        row[name].encode("utf-8")
 
 
 def test_the_response_models_serve_the_declared_fields() -> None:
@@ -269,23 +187,3 @@ def test_a_declared_field_is_stored(tmp_path: Path) -> None:
         stored = connection.execute(select(table.c.node, table.c.queue_wait_s)).one()
     engine.dispose()
     assert tuple(stored) == ("gpu-1", None)
-
-
-@pytest.mark.parametrize(
-    ("kind", "size"), [("label", None), ("flag", 1), ("seconds", 8), ("integer", 4)]
-)
-def test_a_size_belongs_to_labels_and_texts(kind: Any, size: int | None) -> None:
-    with pytest.raises(ValueError, match="size"):
-        Stored("x", kind, size)
-
-
-def test_every_stored_field_is_read_from_the_record() -> None:
-    # A Stored line whose name the record lacks would fail at the first write (getattr),
-    # after the migration has run: found here instead. ``truncated`` is the one field
-    # made in storage (the record's text_truncated, or a text cut to the budget).
-    attributes = {f.name for f in dataclasses.fields(ExchangeRecord)}
-    attributes |= {
-        name for name, value in vars(ExchangeRecord).items() if isinstance(value, property)
-    }
-    assert [f.name for f in STORED if f.name not in attributes] == ["truncated"]
-    assert "text_truncated" in attributes

@@ -183,17 +183,6 @@ def test_retention_runs_at_start(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_rows_respect_privacy_and_caps() -> None:
-    record = sample_record(prompt="é" * 100, response="secret answer", error="upstream said no")
-    capped = to_row(record, store_prompts=True, max_text_bytes=11)
-    assert capped["prompt"] == "é" * 5  # 10 bytes: a 2-byte character is never cut in half
-    assert capped["truncated"] is True
-    private = to_row(record, store_prompts=False, max_text_bytes=1000)
-    assert private["prompt"] == private["response"] == private["request_body"] == ""
-    assert private["error"] == "upstream said no"
-    assert private["prompt_tokens"] == 20
-
-
 class SizeLimited(FakeBackend):
     """A backend that refuses any batch above 10 rows with a retryable error, as Loki does
     (429) with a push above its burst limit; everything it accepts is kept."""

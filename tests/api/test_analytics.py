@@ -135,21 +135,6 @@ def test_invalid_parameters_are_422_naming_the_parameter(
     assert any(error["loc"][-1] == name for error in answer.json()["detail"])
 
 
-def test_token_guards_analytics_but_not_the_api(proxy: ProxyProcess) -> None:
-    assert httpx.get(proxy.url + "/analytics/search").status_code == 401
-    wrong = httpx.get(proxy.url + "/analytics/stats", headers={"Authorization": "Bearer nope"})
-    assert wrong.status_code == 401
-    assert wrong.headers["www-authenticate"] == "Bearer"
-    assert (
-        httpx.get(
-            proxy.url + "/analytics/records/01JTEST0000000000000000000", headers=AUTH
-        ).status_code
-        == 404
-    )
-    assert httpx.get(proxy.url + "/api/tags").status_code == 200
-    assert httpx.get(proxy.url + "/metrics").status_code == 200
-
-
 def test_search_without_a_sql_store_says_what_enables_it(emulator: EmulatorServer) -> None:
     with ProxyProcess(emulator.url, env={"ANALYTICS_BACKEND": "jsonl"}) as proxy:
         httpx.post(
@@ -178,6 +163,10 @@ def test_sigterm_under_traffic_loses_no_accepted_record() -> None:
                 outcome = "completed" if done else f"cut:{answer.status_code}"
             except httpx.ConnectError:
                 outcome = "refused"  # never accepted: the proxy had stopped listening
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # Reset: left in the listen backlog when the listener closed, or cut. Which
+                # one the emulator's log tells (below).
+                outcome = "reset"
             except httpx.HTTPError as exc:
                 outcome = f"error:{exc!r}"
             with lock:
@@ -195,13 +184,15 @@ def test_sigterm_under_traffic_loses_no_accepted_record() -> None:
         for thread in threads:
             thread.join()
         assert proxy.process.wait(timeout=60) == -signal.SIGTERM
+        forwarded = len([r for r in slow.requests() if r["path"] == "/api/chat"])
     with sqlite3.connect(proxy.workdir / "analytics.db") as db:
         stored = db.execute("SELECT count(*) FROM requests WHERE endpoint = '/api/chat'").fetchone()
     proxy.cleanup()
     completed = [i for i, outcome in outcomes.items() if outcome == "completed"]
-    # Streams in flight at SIGTERM were allowed to finish; none was cut ...
-    assert set(outcomes.values()) <= {"completed", "refused"}, outcomes
-    assert len(completed) >= 20
+    # Streams in flight at SIGTERM were allowed to finish; none was cut (a reset request
+    # never reached Ollama: it was never accepted) ...
+    assert set(outcomes.values()) <= {"completed", "refused", "reset"}, outcomes
+    assert forwarded == len(completed) >= 20, outcomes
     # ... and every one of them was written before the process exited.
     assert stored[0] == len(completed)
 

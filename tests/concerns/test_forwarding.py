@@ -8,7 +8,6 @@ import json
 import socket
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from tests.emulator import EmulatorServer
@@ -125,14 +124,6 @@ def test_reset_mid_stream_ends_with_an_error_line(
         assert "closed the connection" in lines[-1]["error"] or "broke off" in lines[-1]["error"]
         # The proxy goes on serving.
         assert client.get("/api/version").status_code == 200
-
-
-def test_test_endpoint_reports_the_chain(emulator: EmulatorServer, proxy: ProxyProcess) -> None:
-    check = httpx.get(proxy.url + "/test").json()
-    assert check["upstream"] == emulator.url
-    assert check["upstream_reachable"] is True
-    assert check["upstream_version"] == emulator.config.version
-    assert check["proxy_version"]
 
 
 def test_credentials_in_the_upstream_url_are_never_shown(emulator: EmulatorServer) -> None:

@@ -9,7 +9,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from app.metrics.instruments import Instruments
-from app.metrics.labels import BoundedLabel
 from app.record import ExchangeRecord, new_record_id
 from tests.support import sample_record
 
@@ -145,14 +144,6 @@ def test_exemplars_only_in_openmetrics(metrics: tuple[Instruments, CollectorRegi
     record = finish(instruments)
     assert f'request_id="{record.id}"' in generate_openmetrics(registry).decode()
     assert "request_id" not in generate_latest(registry).decode()
-
-
-def test_bounded_label() -> None:
-    label = BoundedLabel("model", 1)
-    assert label("x", admit=False) == "other"
-    assert label("x") == "x"
-    assert label("y") == "other"
-    assert label("x", admit=False) == "x"
 
 
 def test_record_ids_sort_by_time_and_are_unique() -> None:

@@ -6,46 +6,8 @@ import json
 
 import pytest
 
-from app.ollama.endpoints import classify, known_labels
-from app.ollama.models import normalise_model
+from app.ollama.endpoints import classify
 from app.ollama.requests import NO_FACTS, read_request
-
-
-@pytest.mark.parametrize(
-    ("path", "label", "operation"),
-    [
-        ("/api/chat", "/api/chat", "chat"),
-        ("/api/generate", "/api/generate", "text_completion"),
-        ("/v1/chat/completions", "/v1/chat/completions", "chat"),
-        ("/v1/messages", "/v1/messages", "chat"),
-        ("/v1/embeddings", "/v1/embeddings", "embeddings"),
-        ("/api/blobs/sha256:abc", "/api/blobs/:digest", None),
-        ("/v1/models/llama3.2", "/v1/models/:model", None),
-        ("/api/blobs/", "other", None),
-        ("/wp-admin/setup.php", "other", None),
-        ("/v1/unknown", "other", None),
-    ],
-)
-def test_classify(path: str, label: str, operation: str | None) -> None:
-    endpoint = classify(path)
-    assert endpoint.label == label
-    assert endpoint.operation == operation
-    assert endpoint.label in known_labels()
-
-
-@pytest.mark.parametrize(
-    ("given", "expected"),
-    [
-        ("llama3.2", "llama3.2:latest"),
-        ("llama3.2:1b", "llama3.2:1b"),
-        (" qwen3 ", "qwen3:latest"),
-        ("hf.co/org/repo:Q4_K_M", "hf.co/org/repo:Q4_K_M"),
-        ("registry.local:5000/lib/m", "registry.local:5000/lib/m:latest"),
-        ("", ""),
-    ],
-)
-def test_normalise_model(given: str, expected: str) -> None:
-    assert normalise_model(given) == expected
 
 
 @pytest.mark.parametrize(

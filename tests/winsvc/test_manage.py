@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.config import CONFIG_ENV, Settings
-from app.winsvc import manage, ollama_conflicts, sc
+from app.winsvc import manage, sc
 from app.winsvc.system import REG_SZ, RegValue
 from tests.winfake import FakeWindows, Service, split_args, split_image_path, task_enabled, task_xml
 
@@ -295,26 +295,3 @@ def test_dry_run_lists_what_it_would_disable_and_changes_nothing(m: Machine) -> 
     lines = m.out.getvalue().splitlines()
     assert [split_args(line)[1] for line in lines] == ["create", "description", "failure"]
     assert "rem would stop and disable: service Ollama Server" in m.err.getvalue()
-
-
-@pytest.mark.parametrize(
-    ("command", "runs"),
-    [
-        (r'"C:\Users\ada\AppData\Local\Programs\Ollama\ollama app.exe"', True),
-        (r"C:\ollama\ollama.exe serve", True),
-        ("ollama.exe", True),
-        (r'"C:\Program Files\Ollama Metrics\ollama-metrics.exe" -service', False),
-        (r"C:\tools\myollama.exe", False),
-        (r"C:\tools\ollama.exe.bak", False),
-    ],
-)
-def test_what_counts_as_running_ollama(command: str, runs: bool) -> None:
-    assert ollama_conflicts.runs_ollama(command) is runs
-
-
-def test_our_own_service_is_never_taken_for_ollama(m: Machine) -> None:
-    m.win.services["OllamaMetricsProxy"] = Service(
-        r'"C:\ollama\ollama.exe" -service', "auto", state="RUNNING"
-    )
-    found = ollama_conflicts.find(m.win, own_service="OllamaMetricsProxy")
-    assert found == []

@@ -221,18 +221,3 @@ def test_stop_during_start_ends_cleanly(
     run.start()
     assert run.finish() == 0
     assert RUNNING not in run.reports
-
-
-def test_the_service_log_rotates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app import logs
-
-    monkeypatch.setattr(logs, "LOG_FILE_BYTES", 2000)
-    monkeypatch.setattr(logs, "LOG_FILE_BACKUPS", 2)
-    path = tmp_path / "logs" / "ollama-metrics.log"
-    logs.configure_logging("info", "text", file=path)
-    for i in range(200):
-        logging.getLogger("app.test").info("line %03d %s", i, "x" * 40)
-    files = sorted(p.name for p in path.parent.iterdir())
-    assert files == ["ollama-metrics.log", "ollama-metrics.log.1", "ollama-metrics.log.2"]
-    assert all((path.parent / name).stat().st_size <= 2000 for name in files)
-    assert "line 199" in path.read_text(encoding="utf-8")
