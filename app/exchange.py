@@ -17,7 +17,8 @@ from typing import Protocol
 
 from app.auth import SCOPE_KEY
 from app.ollama.endpoints import Endpoint, classify
-from app.ollama.requests import NO_FACTS, RequestFacts, read_request
+from app.ollama.models import normalise_model, recorded_model
+from app.ollama.requests import NO_FACTS, RequestFacts, path_facts, read_request
 from app.ollama.streams import Answer, Reader, reader_for
 from app.proxy.headers import STREAM_CONTENT_TYPES
 from app.record import ExchangeRecord, new_record_id
@@ -114,8 +115,9 @@ class ExchangeTap:
 
     @property
     def inspect_request(self) -> bool:
-        """Whether the forwarder should hand over the whole request body before sending it."""
-        return self.endpoint.reads_body and self.scope["method"] == "POST"
+        """Whether the forwarder should hand over the whole request body before sending it
+        (``DELETE /api/delete`` has one too)."""
+        return self.endpoint.reads_body and self.scope["method"] not in ("GET", "HEAD")
 
     def begin(self, body: bytes | None) -> bytes | None:
         """Called once before the request goes upstream; returns the body to send."""
@@ -132,9 +134,14 @@ class ExchangeTap:
             self.facts = facts
             if self.endpoint.operation in ("chat", "text_completion"):
                 self.category = self.recorder.categorise(self.facts.prompt)
-        self.begun = True
-        self.recorder.started(self.id, self.endpoint.label, self.facts.model)
+        else:
+            self.facts = path_facts(self.endpoint, self.scope["path"])
+        self._started()
         return body
+
+    def _started(self) -> None:
+        self.begun = True
+        self.recorder.started(self.id, self.endpoint.label, normalise_model(self.facts.model))
 
     def response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
@@ -175,8 +182,7 @@ class ExchangeTap:
         """The exchange is over; build its record. Never raises."""
         if not self.begun:
             # The client left before the request went upstream: balance the in-flight count.
-            self.begun = True
-            self.recorder.started(self.id, self.endpoint.label, self.facts.model)
+            self._started()
         try:
             self.recorder.finished(self._record(client_gone, error_reason, error))
         except Exception:
@@ -191,7 +197,12 @@ class ExchangeTap:
         streamed = self.streamed
         # Only a stream whose reader knows its end marker can be judged cut short.
         judged = streamed and self.reader is not None
-        broken = answer.error is not None or not answer.complete
+        # An error line that is the route's answer (pull of an unknown model) is the
+        # client's error, not Ollama failing.
+        if answer.error is not None:
+            broken = not self.endpoint.stream_errors_are_answers
+        else:
+            broken = not answer.complete
         if error_reason is None and not client_gone and judged and status == 200 and broken:
             # Ollama reported a failure inside the stream, or the stream stopped early.
             error_reason = "midstream"
@@ -211,7 +222,8 @@ class ExchangeTap:
             path=scope["path"],
             endpoint=self.endpoint.label,
             operation=self.endpoint.operation,
-            model=self.facts.model,
+            # What the request named; for one too large to read, what the answer named.
+            model=recorded_model(self.facts.model or answer.model or "", status),
             category=self.category,
             client=client[0] if client else "",
             user_agent=_header(scope, b"user-agent"),

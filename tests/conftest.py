@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -10,9 +11,22 @@ import pytest
 
 from app.analytics.sql import SqlStore, create_store_engine, database_url
 from tests.emulator import EmulatorConfig, EmulatorServer
-from tests.support import SQL_STORES, ProxyProcess, analytics_rows
+from tests.support import SQL_STORES, ProxyProcess, analytics_rows, wrapper_env
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def keep_logging() -> Iterator[None]:
+    """Put the root logger back as it was: code that configures logging (the CLI, the
+    service runner) replaces its handlers, which would leak into later tests."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +120,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if uses and item.get_closest_marker("process") is None:
             item.add_marker(pytest.mark.process)
+
+
+@pytest.fixture
+def proxied(
+    tmp_path: Path, emulator: EmulatorServer
+) -> Iterator[tuple[ProxyProcess, dict[str, str]]]:
+    """A proxy in front of the emulator, and a user's environment (``wrapper_env``) that
+    points the ``ollama-metrics`` wrapper commands at it."""
+    with ProxyProcess(emulator.url, env={"PS_POLL_INTERVAL": "0"}) as proxy:
+        yield proxy, wrapper_env(tmp_path, PROXY_PORT=str(proxy.port), OLLAMA_UPSTREAM=emulator.url)

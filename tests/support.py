@@ -353,3 +353,38 @@ def running_prometheus(target_port: int, work: Path, *flags: str) -> Iterator[st
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+# -- the ollama-metrics command as a user runs it, beside the stand-in ollama ------------------
+
+FAKE_OLLAMA_DIR = ROOT / "tests" / "fake_ollama"
+SCRIPT = str(Path(sys.executable).parent / "ollama-metrics")
+
+
+def wrapper_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user whose PATH finds the stand-in ``ollama`` (tests/fake_ollama),
+    with free ports for the proxy and its upstream; ``extra`` overrides."""
+    env = {
+        **os.environ,
+        "PATH": f"{FAKE_OLLAMA_DIR}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_OLLAMA_PYTHON": sys.executable,
+        "FAKE_OLLAMA_PIDFILE": str(tmp_path / "ollama.pids"),
+        "ANALYTICS_DIR": str(tmp_path),
+        "PROXY_PORT": str(free_port()),
+        "OLLAMA_UPSTREAM": f"http://127.0.0.1:{free_port()}",
+        # What a user's shell may carry: serve must override it for its child.
+        "OLLAMA_HOST": "0.0.0.0",
+        "PS_POLL_INTERVAL": "0",
+        **extra,
+    }
+    env.pop("OLLAMA_BIN", None)
+    return env
+
+
+def wrapper(
+    env: dict[str, str], *args: str, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``ollama-metrics ARGS`` as a user types it, output captured."""
+    return subprocess.run(
+        [SCRIPT, *args], env=env, input=input, capture_output=True, text=True, timeout=timeout
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,15 @@ from app.analytics import migrate
 from app.analytics.sql import create_store_engine, settings_url
 from app.config import CONFIG_ENV, Settings
 from app.doctor import FAIL, OK, WARN, Check, render, run_checks
-from tests.emulator import EmulatorServer
-from tests.support import LocalHttpServer, ProxyProcess, QuietHandler, ThreadedHttpServer, free_port
-from tests.test_wrapper import wrapper, wrapper_env
+from tests.support import (
+    LocalHttpServer,
+    ProxyProcess,
+    QuietHandler,
+    ThreadedHttpServer,
+    free_port,
+    wrapper,
+    wrapper_env,
+)
 
 Respond = tuple[int, str | None, bytes]
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="Linux's services and fixes")
@@ -362,14 +367,6 @@ def test_run_checks_runs_every_check_in_order(
 
 
 # -- the command, as a user runs it ----------------------------------------------------------
-
-
-@pytest.fixture
-def proxied(
-    tmp_path: Path, emulator: EmulatorServer
-) -> Iterator[tuple[ProxyProcess, dict[str, str]]]:
-    with ProxyProcess(emulator.url, env={"PS_POLL_INTERVAL": "0"}) as proxy:
-        yield proxy, wrapper_env(tmp_path, PROXY_PORT=str(proxy.port), OLLAMA_UPSTREAM=emulator.url)
 
 
 @pytest.mark.process

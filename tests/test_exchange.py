@@ -474,7 +474,8 @@ def test_an_error_answer_keeps_ollamas_status_and_message(sink: RecordingSink) -
     exchange_of(tap, b'{"model":"nope","messages":[]}', 404, JSON, [body])
     tap.close(client_gone=False, error_reason=None, error=None)
     record = finished(sink)
-    assert (record.status, record.model) == (404, "nope:latest")
+    # Ollama refused the name: it is kept as sent, without an added ":latest".
+    assert (record.status, record.model) == (404, "nope")
     assert record.error == 'model "nope" not found, try pulling it first'
     assert record.upstream_error is None  # Ollama answered; it was not cut off
 
@@ -582,3 +583,117 @@ def test_a_failing_sink_does_not_keep_the_record_from_the_others(
         tap.close(client_gone=False, error_reason=None, error=None)
     assert finished(sink).response == CHAT_TEXT
     assert len(caplog.records) == 1
+
+
+# -- which model a record names -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "model"),
+    [
+        ("POST", "/api/copy", {"source": "llama3.2", "destination": "mine"}, "llama3.2:latest"),
+        ("DELETE", "/api/delete", {"model": "old:7b"}, "old:7b"),
+        ("DELETE", "/api/delete", {"name": "older"}, "older:latest"),
+        ("POST", "/api/pull", {"name": "qwen3", "stream": False}, "qwen3:latest"),
+        ("POST", "/api/push", {"model": "", "name": "me/m:1"}, "me/m:1"),
+        ("POST", "/api/show", {"name": "old-client"}, "old-client:latest"),
+        ("GET", "/v1/models/qwen3:8b", None, "qwen3:8b"),
+        ("GET", "/v1/models/qwen3", None, "qwen3:latest"),
+    ],
+)
+def test_every_route_that_names_a_model_records_it(
+    sink: RecordingSink, method: str, path: str, body: dict[str, str] | None, model: str
+) -> None:
+    tap = open_tap(recorder(sink), path, method=method)
+    assert tap.inspect_request is (body is not None)
+    request = None if body is None else json.dumps(body).encode()
+    exchange_of(tap, request, 200, JSON, [b"{}"])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert finished(sink).model == model
+
+
+def test_a_body_too_large_to_read_takes_its_model_and_tokens_from_the_answer(
+    sink: RecordingSink,
+) -> None:
+    # The forwarder streams a body over its read limit on unread: begin(None).
+    tap = open_tap(recorder(sink), "/api/chat")
+    exchange_of(tap, None, 200, NDJSON, [chat_chunk("Hi"), CHAT_DONE])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    record = finished(sink)
+    assert [start[1:] for start in sink.starts] == [("/api/chat", "")]
+    # Ollama's chunks echo the model as the request named it (server/routes.go ChatHandler).
+    assert (record.model, record.prompt_tokens, record.completion_tokens) == (
+        "llama3.2:latest",
+        26,
+        3,
+    )
+    assert (record.prompt, record.category, record.upstream_error) == ("", "none", None)
+
+
+def test_a_pull_ollama_refused_in_its_stream_is_the_clients_error_not_midstream(
+    sink: RecordingSink,
+) -> None:
+    tap = open_tap(recorder(sink), "/api/pull")
+    refused = line({"status": "pulling manifest"}) + line(
+        {"error": "pull model manifest: file does not exist"}
+    )
+    exchange_of(tap, b'{"model":"nope"}', 200, NDJSON, [refused])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    record = finished(sink)
+    assert (record.status, record.error) == (200, "pull model manifest: file does not exist")
+    assert record.upstream_error is None
+
+
+def test_an_inference_error_line_is_still_midstream(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    failed = line({"error": "an error was encountered while running the model: EOF"})
+    exchange_of(tap, json.dumps(CHAT_REQUEST).encode(), 200, NDJSON, [chat_chunk("a"), failed])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert finished(sink).upstream_error == "midstream"
+
+
+def responses_event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(data).encode())
+
+
+def test_a_responses_stream_becomes_an_exact_record(clock: Clock, sink: RecordingSink) -> None:
+    seen: list[str] = []
+    tap = open_tap(recorder(sink, seen), "/v1/responses")
+    request = {
+        "model": "qwen3",
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "first"}]},
+            {"type": "message", "role": "user", "content": "Why is the sky blue?"},
+        ],
+        "stream": True,
+    }
+    body = [
+        responses_event("response.created", {"response": {"model": "qwen3", "usage": None}}),
+        responses_event("response.output_text.delta", {"delta": "Rayleigh"}),
+        responses_event("response.output_text.delta", {"delta": " scattering."}),
+        responses_event(
+            "response.completed",
+            {
+                "response": {
+                    "model": "qwen3",
+                    "status": "completed",
+                    "error": None,
+                    "usage": {"input_tokens": 17, "output_tokens": 4, "total_tokens": 21},
+                }
+            },
+        ),
+    ]
+    _, out = exchange_of(tap, json.dumps(request).encode(), 200, SSE, body, clock=clock, step=0.25)
+    assert out == b"".join(body)
+    tap.close(client_gone=False, error_reason=None, error=None)
+    record = finished(sink)
+    assert seen == ["Why is the sky blue?"]
+    assert (record.model, record.operation, record.category) == ("qwen3:latest", "chat", "science")
+    assert (record.prompt_tokens, record.completion_tokens) == (17, 4)
+    assert (record.response, record.done_reason, record.upstream_error) == (
+        "Rayleigh scattering.",
+        "completed",
+        None,
+    )
+    assert record.ttft_s == pytest.approx(0.5)

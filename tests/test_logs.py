@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
@@ -19,17 +18,8 @@ from tests.emulator import EmulatorServer
 from tests.support import sample_record
 from tests.test_cli import proxy_session
 
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """configure_logging replaces the root logger's handlers: put pytest's back after."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:], root.level = handlers, level
+# Each test may reconfigure logging (tests/conftest.py puts it back).
+pytestmark = pytest.mark.usefixtures("keep_logging")
 
 
 def record_of(message: str, *args: object, **extra: object) -> logging.LogRecord:

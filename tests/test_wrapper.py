@@ -17,39 +17,15 @@ import pytest
 
 from tests.emulator import EmulatorServer
 from tests.metrics_support import scrape, total
-from tests.support import ROOT, ProxyProcess, free_port, wait_until_listening
+from tests.support import (
+    SCRIPT,
+    ProxyProcess,
+    wait_until_listening,
+    wrapper,
+    wrapper_env,
+)
 
 pytestmark = pytest.mark.process
-
-FAKE_OLLAMA_DIR = ROOT / "tests" / "fake_ollama"
-SCRIPT = str(Path(sys.executable).parent / "ollama-metrics")
-
-
-def wrapper_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "PATH": f"{FAKE_OLLAMA_DIR}{os.pathsep}{os.environ['PATH']}",
-        "FAKE_OLLAMA_PYTHON": sys.executable,
-        "FAKE_OLLAMA_PIDFILE": str(tmp_path / "ollama.pids"),
-        "ANALYTICS_DIR": str(tmp_path),
-        "PROXY_PORT": str(free_port()),
-        "OLLAMA_UPSTREAM": f"http://127.0.0.1:{free_port()}",
-        # What a user's shell may carry: serve must override it for its child.
-        "OLLAMA_HOST": "0.0.0.0",
-        "PS_POLL_INTERVAL": "0",
-        **extra,
-    }
-    env.pop("OLLAMA_BIN", None)
-    return env
-
-
-def wrapper(
-    env: dict[str, str], *args: str, input: str | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """``ollama-metrics ARGS`` as a user types it, output captured."""
-    return subprocess.run(
-        [SCRIPT, *args], env=env, input=input, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def ollama_pids(tmp_path: Path) -> list[int]:
@@ -176,14 +152,6 @@ def test_serve_without_ollama_says_how_to_install_it(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Ollama is not installed" in done.stderr
     assert "proxy --upstream" in done.stderr
-
-
-@pytest.fixture
-def proxied(
-    tmp_path: Path, emulator: EmulatorServer
-) -> Iterator[tuple[ProxyProcess, dict[str, str]]]:
-    with ProxyProcess(emulator.url, env={"PS_POLL_INTERVAL": "0"}) as proxy:
-        yield proxy, wrapper_env(tmp_path, PROXY_PORT=str(proxy.port), OLLAMA_UPSTREAM=emulator.url)
 
 
 def test_passthrough_runs_ollama_commands_through_the_proxy(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,3 +358,28 @@ def task_xml(command: str, arguments: str = "", *, enabled: bool = True) -> byte
 def task_enabled(path: Path) -> bool:
     enabled = ET.fromstring(path.read_bytes()).find(f"{{{TASK_NS}}}Settings/{{{TASK_NS}}}Enabled")
     return enabled is None or (enabled.text or "").strip().lower() != "false"
+
+
+RUN_KEY = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run"
+# Where Windows keeps what, as its environment names it (a user called ada).
+KNOWN_FOLDERS = {
+    "APPDATA": "AppData/Roaming",
+    "LOCALAPPDATA": "AppData/Local",
+    "PROGRAMDATA": "ProgramData",
+    "SYSTEMROOT": "Windows",
+    "USERPROFILE": "Users/ada",
+}
+
+
+def windows_drive(root: Path, setenv: Callable[[str, str], None]) -> FakeWindows:
+    """A Windows drive under ``root``, its known folders named in the environment (through
+    ``setenv``), and a FakeWindows holding what every Windows has and nothing may touch."""
+    for name, sub in KNOWN_FOLDERS.items():
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        setenv(name, str(root / sub))
+    (root / "Windows/System32/Tasks").mkdir(parents=True)
+    win = FakeWindows(tasks_dir=root / "Windows/System32/Tasks")
+    win.services["Spooler"] = Service(r"C:\Windows\System32\spoolsv.exe", "auto", state="RUNNING")
+    win.reg_set(RUN_KEY, RegValue("OneDrive", REG_SZ, r'"C:\OneDrive\OneDrive.exe" /background'))
+    win.processes[4] = "System"
+    return win

@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 
 from app.analytics.tables import requests
+from app.ollama.models import normalise_model
 from app.record import STORED, ulid_floor, ulid_ms
 
 SUMMARY_COLUMNS = [requests.c[field.name] for field in STORED if field.summary]
@@ -84,7 +85,11 @@ def _filters(query: SearchQuery) -> tuple[list[ColumnElement[bool]], str | None,
     """Conditions, and the id range [low, high) they imply (None: unbounded)."""
     c = requests.c
     conditions: list[ColumnElement[bool]] = []
-    for name in ("model", "endpoint", "category", "status", "api_key"):
+    if query.model is not None:
+        # As Ollama resolves the name (``llama3.2`` is ``llama3.2:latest``), or as sent: a
+        # name Ollama refused is stored as the client wrote it.
+        conditions.append(c.model.in_(sorted({query.model, normalise_model(query.model)})))
+    for name in ("endpoint", "category", "status", "api_key"):
         value = getattr(query, name)
         if value is not None:
             conditions.append(c[name] == value)

@@ -13,7 +13,6 @@ from pydantic import BaseModel, create_model
 
 from app.analytics.sql import SearchQuery, SqlStore
 from app.api.guards import bearer_guard
-from app.ollama.models import normalise_model
 from app.record import STORED, Kind, Stored
 
 _ULID = r"^[0-9A-HJKMNP-TV-Z]{26}$"
@@ -154,7 +153,7 @@ def create_analytics_router(
         texts = {"model": model, "endpoint": endpoint, "category": category, "key": key}
         _reject_nul({**texts, "prompt_search": prompt_search})
         query = SearchQuery(
-            model=normalise_model(model) if model else None,
+            model=model or None,
             endpoint=endpoint,
             category=category,
             status=status,

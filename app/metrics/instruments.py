@@ -20,7 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from app.metrics.labels import BoundedLabel
+from app.metrics.labels import OTHER, BoundedLabel
 from app.record import ExchangeRecord
 
 UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "midstream")
@@ -67,6 +67,11 @@ class Children(Generic[M]):
             child = self._cache[values] = self._metric.labels(*values)
         return child
 
+    def remove(self, *values: str) -> None:
+        """Drop the series: it is no longer exported."""
+        if self._cache.pop(values, None) is not None:
+            self._metric.remove(*values)
+
 
 class Instruments:
     """Every metric the proxy exports about the requests it forwards."""
@@ -74,8 +79,11 @@ class Instruments:
     def __init__(self, registry: CollectorRegistry, *, max_models: int = 100) -> None:
         self.registry = registry
         self.model_label = BoundedLabel("model", max_models)
-        # The labels each in-flight request was counted under, to decrement the same ones.
-        self._in_flight: dict[str, tuple[str, str]] = {}
+        # The labels each in-flight request was counted under, to decrement the same ones,
+        # and the model it held (see BoundedLabel.hold), or None.
+        self._in_flight: dict[str, tuple[tuple[str, str], str | None]] = {}
+        # How many requests are in flight under each (endpoint, model) of a held model.
+        self._in_flight_holders: dict[tuple[str, str], int] = {}
         # The *_created series double the exposition for no use in Grafana.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         ProcessCollector(registry=registry)
@@ -199,10 +207,35 @@ class Instruments:
     # -- the sink interface of app.exchange ------------------------------------------------
 
     def started(self, request_id: str, endpoint: str, model: str) -> None:
-        # Not admitted yet: a name is only trusted once Ollama answered it without error.
-        labels = (endpoint, self.model_label(model, admit=False))
-        self._in_flight[request_id] = labels
+        # Not admitted yet (a name is only trusted once Ollama answered it without error),
+        # but held: in flight under its own name while it is in use, within the bound.
+        admitted = model in self.model_label.admitted
+        label = self.model_label.hold(model)
+        held = None if admitted or label == OTHER else model
+        labels = (endpoint, label)
+        self._in_flight[request_id] = (labels, held)
+        if held is not None:
+            self._in_flight_holders[labels] = self._in_flight_holders.get(labels, 0) + 1
         self._in_flight_gauge(*labels).inc()
+
+    def _ended(self, request_id: str) -> None:
+        """The in-flight request is over: decrement its series; a held model's series goes
+        when its last request ends, unless Ollama proved the name real meanwhile."""
+        entry = self._in_flight.pop(request_id, None)
+        if entry is None:
+            return
+        labels, held = entry
+        self._in_flight_gauge(*labels).dec()
+        if held is None:
+            return
+        self.model_label.release(held)
+        holders = self._in_flight_holders[labels] - 1
+        if holders:
+            self._in_flight_holders[labels] = holders
+            return
+        del self._in_flight_holders[labels]
+        if held not in self.model_label.admitted:
+            self._in_flight_gauge.remove(*labels)
 
     def upstream_answered(self, ok: bool) -> None:
         """The last attempt to reach Ollama (a proxied request, ``/test``, the ``/api/ps``
@@ -210,10 +243,8 @@ class Instruments:
         self._upstream_up.set(1 if ok else 0)
 
     def finished(self, record: ExchangeRecord) -> None:
-        labels = self._in_flight.pop(record.id, None)
-        if labels is not None:
-            self._in_flight_gauge(*labels).dec()
         model = self.model_label(record.model, admit=record.status < 400)
+        self._ended(record.id)
         endpoint = record.endpoint
         exemplar = {"request_id": record.id}
         self._requests(endpoint, model, str(record.status), record.category).inc()

@@ -22,6 +22,7 @@ Shape = Literal[
     "openai_completions",
     "openai_embeddings",
     "anthropic_messages",
+    "openai_responses",
     "none",
 ]
 # OpenTelemetry GenAI operation names.
@@ -37,6 +38,9 @@ class Endpoint:
     streams_by_default: bool = False
     # The request body is JSON naming a model (and maybe a prompt) worth reading.
     reads_body: bool = False
+    # An error line in the stream is Ollama's answer to the request (a pull of a model that
+    # does not exist), not Ollama failing while it answered (server/routes.go PullHandler).
+    stream_errors_are_answers: bool = False
 
     @property
     def is_inference(self) -> bool:
@@ -62,9 +66,24 @@ _ENDPOINTS: dict[str, Endpoint] = {
         Endpoint("/api/chat", "chat", operation="chat", streams_by_default=True, reads_body=True),
         Endpoint("/api/embed", "embed", operation="embeddings", reads_body=True),
         Endpoint("/api/embeddings", "embeddings", operation="embeddings", reads_body=True),
-        Endpoint("/api/pull", streams_by_default=True, reads_body=True),
-        Endpoint("/api/push", streams_by_default=True, reads_body=True),
-        Endpoint("/api/create", streams_by_default=True, reads_body=True),
+        Endpoint(
+            "/api/pull",
+            streams_by_default=True,
+            reads_body=True,
+            stream_errors_are_answers=True,
+        ),
+        Endpoint(
+            "/api/push",
+            streams_by_default=True,
+            reads_body=True,
+            stream_errors_are_answers=True,
+        ),
+        Endpoint(
+            "/api/create",
+            streams_by_default=True,
+            reads_body=True,
+            stream_errors_are_answers=True,
+        ),
         Endpoint("/api/copy", reads_body=True),
         Endpoint("/api/delete", reads_body=True),
         Endpoint("/api/me"),
@@ -86,7 +105,12 @@ _ENDPOINTS: dict[str, Endpoint] = {
             reads_body=True,
         ),
         Endpoint("/v1/models"),
-        Endpoint("/v1/responses", reads_body=True),
+        Endpoint(
+            "/v1/responses",
+            "openai_responses",
+            operation="chat",
+            reads_body=True,
+        ),
         Endpoint("/v1/audio/transcriptions"),
         Endpoint("/v1/messages", "anthropic_messages", operation="chat", reads_body=True),
     )

@@ -16,3 +16,9 @@ def normalise_model(name: str) -> str:
     if ":" in last or "@" in last:
         return name
     return name + ":latest"
+
+
+def recorded_model(name: str, status: int) -> str:
+    """The model a record names: as Ollama resolves it, or as sent when Ollama refused the
+    request (400, 404), so that a name Ollama rejected is not given a ``:latest`` it never had."""
+    return name if status in (400, 404) else normalise_model(name)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.ollama.endpoints import Endpoint
-from app.ollama.models import normalise_model
 
 
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
+    # As the client sent it: ``app.ollama.models`` says how Ollama resolves it.
     model: str = ""
     stream: bool = False
     prompt: str = ""
@@ -27,6 +27,25 @@ class RequestFacts:
 
 
 NO_FACTS = RequestFacts()
+
+# The body fields that name the model, in the order Ollama's handlers read them
+# (server/routes.go): model management accepts the older ``name``; a copy names its source.
+_MODEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "/api/show": ("model", "name"),
+    "/api/pull": ("model", "name"),
+    "/api/push": ("model", "name"),
+    "/api/delete": ("model", "name"),
+    "/api/create": ("model", "name"),
+    "/api/copy": ("source",),
+}
+_MODEL_FIELD = ("model",)
+
+
+def path_facts(endpoint: Endpoint, path: str) -> RequestFacts:
+    """The facts of a request that has no body to read: a model named in the (decoded) path."""
+    if endpoint.label == "/v1/models/:model":
+        return RequestFacts(model=path.removeprefix("/v1/models/"))
+    return NO_FACTS
 
 
 def read_request(
@@ -41,14 +60,19 @@ def read_request(
     data, exact = _decode(body)
     if not isinstance(data, dict):
         return NO_FACTS, body
-    model = data.get("model")
-    if not isinstance(model, str):
-        model = data.get("name") if endpoint.label == "/api/show" else None
+    model = next(
+        (
+            value
+            for key in _MODEL_FIELDS.get(endpoint.label, _MODEL_FIELD)
+            if isinstance(value := data.get(key), str) and value
+        ),
+        "",
+    )
     stream = data.get("stream")
     if not isinstance(stream, bool):
         stream = endpoint.streams_by_default
     facts = RequestFacts(
-        model=normalise_model(model) if isinstance(model, str) else "",
+        model=model,
         stream=stream,
         prompt=_prompt(endpoint, data),
     )
@@ -136,6 +160,26 @@ def _prompt(endpoint: Endpoint, data: dict[str, Any]) -> str:
     if shape == "embeddings":
         text = data.get("prompt")
         return text if isinstance(text, str) else ""
+    if shape == "openai_responses":
+        return _responses_input(data.get("input"))
+    return ""
+
+
+def _responses_input(value: object) -> str:
+    """The user's words in a Responses ``input``: the string, or the last user message item
+    (its ``content`` a string or ``input_text`` parts; openai/responses.go
+    FromResponsesRequest)."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        return ""
+    for item in reversed(value):
+        if (
+            isinstance(item, dict)
+            and item.get("role") == "user"
+            and item.get("type", "message") == "message"
+        ):
+            return _text_of(item.get("content"))
     return ""
 
 

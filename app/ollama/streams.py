@@ -6,9 +6,14 @@ to send on to the client: the same chunk, except where the proxy injected
 ``strip_usage``). Nothing is held whole but an unfinished line or event, and the body of a
 non-streamed JSON answer (up to ``max_json_bytes``).
 
-What they gather goes into one ``Answer``: token counts, Ollama's own durations, the
-response text (capped), thinking, tool calls, the done reason, an error, and when the first
-token arrived.
+What they gather goes into one ``Answer``: the model the answer names, token counts,
+Ollama's own durations, the response text (capped), thinking, tool calls, the done reason,
+an error, and when the first token arrived.
+
+Each API shape is read as Ollama writes it (the files named are Ollama's): native NDJSON
+(``server/routes.go``, ``api/types.go``), OpenAI chat and completions (``openai/openai.go``),
+OpenAI Responses (``openai/responses.go``, ``middleware/openai.go``) and Anthropic Messages
+(``anthropic/anthropic.go``, ``middleware/anthropic.go``).
 """
 
 from __future__ import annotations
@@ -65,11 +70,56 @@ def _valid_json(value: Any) -> Any:
     return value
 
 
-# A line or event longer than this is skipped rather than held: it passes on to the client
-# untouched, but its text is not read (a final generate chunk with a 128k-token context is
-# about 1 MB; a single token is a few bytes). Parsing costs about three times the line in
-# memory, so this bounds what one broken upstream line can make the proxy hold.
+# A line or event longer than this is not held whole: it passes on to the client untouched,
+# and only its first and last ``LongLine.KEEP`` bytes are kept to read (a final generate
+# chunk with a 128k-token context is about 1 MB; a single token is a few bytes). Parsing
+# costs about three times the line in memory, so this bounds what one line can make the
+# proxy hold.
 MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+class LongLine:
+    """A JSON line too long to hold: its head and its tail, and the scalars they name.
+
+    Ollama's only lines this long are a final chunk whose ``context`` (the token ids of a
+    whole conversation, ``/api/generate``) is huge, or a whole answer with such a context or a
+    very long text. What matters but the text sits outside that middle: ``model`` first, the
+    counts, durations and ``done`` last (``api/types.go`` field order). Inside a JSON string
+    a quote is escaped, so ``"eval_count":`` cannot match within one; a nested object (tool
+    call arguments) comes before the top-level counts, so the last match of each is the one.
+    """
+
+    KEEP = 64 * 1024
+    _HEAD = re.compile(rb'"(model|error)":"((?:[^"\\]|\\.)*)"')
+    _TAIL = re.compile(
+        rb'"(prompt_eval_count|eval_count|total_duration|load_duration|prompt_eval_duration'
+        rb'|eval_duration|done|done_reason)":(\d+|true|false|"(?:[^"\\]|\\.)*")'
+    )
+
+    __slots__ = ("head", "tail")
+
+    def __init__(self, start: bytes | bytearray) -> None:
+        self.head = bytes(start[: self.KEEP])
+        self.tail = bytes(start[-self.KEEP :])
+
+    def add(self, data: bytes | bytearray) -> None:
+        self.tail = (self.tail + data)[-self.KEEP :]
+
+    def fields(self) -> dict[str, Any]:
+        """The top-level scalars the line named, parsed as JSON values."""
+        found: dict[str, Any] = {}
+        for match in self._HEAD.finditer(self.head):
+            found.setdefault(match[1].decode(), match[2])
+        for part in (self.head, self.tail):  # done and done_reason come before context
+            for match in self._TAIL.finditer(part):
+                found[match[1].decode()] = match[2]
+        values = {}
+        for key, raw in found.items():
+            try:
+                values[key] = parse_json(b'"%s"' % raw if key in ("model", "error") else raw)
+            except ValueError:
+                continue
+        return values
 
 
 class TextBuffer:
@@ -111,6 +161,9 @@ class Answer:
     """What Ollama's answer said. Counts are None when the answer did not carry them."""
 
     text_limit: int = 1 << 20
+    # The model the answer names (every native chunk, the OpenAI ``model``, Anthropic's
+    # ``message_start``, the Responses object): what a request too large to read is known by.
+    model: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_duration_ns: int | None = None
@@ -132,6 +185,15 @@ class Answer:
     def __post_init__(self) -> None:
         self.text = TextBuffer(self.text_limit)
         self.thinking = TextBuffer(self.text_limit)
+
+    def named(self, model: object) -> None:
+        if self.model is None and isinstance(model, str) and model:
+            self.model = valid_text(model)
+
+    def began(self, now: float) -> None:
+        """Output began that is neither text nor thinking (a tool call's arguments)."""
+        if self.first_token_at is None:
+            self.first_token_at = now
 
     def output(self, now: float, text: object, thinking: object, tools: object) -> None:
         """One chunk's generated output."""
@@ -179,9 +241,11 @@ def _reason(value: object) -> str | None:
 
 def read_native_object(answer: Answer, shape: Shape, obj: dict[str, Any], now: float) -> None:
     """A native generate/chat chunk, or the whole non-streamed answer (the same shape)."""
-    if "error" in obj:
+    if obj.get("error") is not None:
         answer.error = _error_text(obj["error"]) or "error"
         return
+    if answer.model is None:
+        answer.named(obj.get("model"))
     if shape == "chat":
         message = obj.get("message")
         if isinstance(message, dict):
@@ -204,19 +268,20 @@ def read_native_object(answer: Answer, shape: Shape, obj: dict[str, Any], now: f
 class NdjsonReader:
     """Native streams: one JSON object per line, lines split anywhere by TCP."""
 
-    __slots__ = ("answer", "partial", "shape", "skipping")
+    __slots__ = ("answer", "long", "partial", "shape")
 
     def __init__(self, answer: Answer, shape: Shape) -> None:
         self.answer = answer
         self.shape = shape
         self.partial = bytearray()
-        self.skipping = False
+        self.long: LongLine | None = None
 
     def feed(self, chunk: bytes, now: float) -> bytes:
         start = 0
         while (newline := chunk.find(b"\n", start)) >= 0:
-            if self.skipping:
-                self.skipping = False  # the over-long line ends here
+            if self.long is not None:
+                self.long.add(chunk[start:newline])  # the over-long line ends here
+                self._long_line(now)
             elif self.partial:
                 self.partial += chunk[start:newline]
                 self._line(self.partial, now)
@@ -224,21 +289,38 @@ class NdjsonReader:
             else:
                 self._line(chunk[start:newline], now)
             start = newline + 1
-        if start < len(chunk) and not self.skipping:
-            self.partial += chunk[start:]
-            if len(self.partial) > MAX_LINE_BYTES:
-                self.partial.clear()
-                self.skipping = True
-                self.answer.malformed += 1
-                # Whatever text the line carried is missing from what is kept.
-                self.answer.text.truncated = True
+        if start < len(chunk):
+            if self.long is not None:
+                self.long.add(chunk[start:])
+            else:
+                self.partial += chunk[start:]
+                if len(self.partial) > MAX_LINE_BYTES:
+                    self.long = LongLine(self.partial)
+                    self.partial.clear()
         return chunk
 
     def end(self, now: float) -> bytes:
-        if self.partial and not self.skipping:
+        if self.long is not None:
+            self._long_line(now)
+        elif self.partial:
             self._line(self.partial, now)
         self.partial.clear()
         return b""
+
+    def _long_line(self, now: float) -> None:
+        """A line over MAX_LINE_BYTES is over: read what it kept of itself."""
+        assert self.long is not None
+        answer = self.answer
+        fields, self.long = self.long.fields(), None
+        answer.chunks += 1
+        # Whatever text the line carried is missing from what is kept.
+        answer.text.truncated = True
+        if not fields:
+            answer.malformed += 1
+        elif self.shape in ("generate", "chat"):
+            read_native_object(answer, self.shape, fields, now)
+        elif fields.get("error") is not None:
+            answer.error = _error_text(fields["error"]) or "error"
 
     def _line(self, line: bytes | bytearray, now: float) -> None:
         answer = self.answer
@@ -257,7 +339,7 @@ class NdjsonReader:
             answer.malformed += 1
         elif self.shape in ("generate", "chat"):
             read_native_object(answer, self.shape, obj, now)
-        elif "error" in obj:
+        elif obj.get("error") is not None:
             answer.error = _error_text(obj["error"]) or "error"
         else:
             answer.complete = answer.complete or obj.get("status") == "success"
@@ -274,13 +356,15 @@ class SseReader:
     chunk and the zero usage of completion chunks that exist only because the proxy asked.
     """
 
-    __slots__ = ("answer", "partial", "shape", "strip_usage")
+    __slots__ = ("answer", "partial", "shape", "strip_usage", "tools")
 
     def __init__(self, answer: Answer, shape: Shape, *, strip_usage: bool) -> None:
         self.answer = answer
         self.shape = shape
         self.strip_usage = strip_usage
         self.partial = bytearray()
+        # Anthropic tool_use blocks being streamed, by index: the block, its argument parts.
+        self.tools: dict[int, ToolUse] = {}
 
     def feed(self, chunk: bytes, now: float) -> bytes:
         # Only the new bytes (and the one before them) can complete an event: a long event
@@ -305,9 +389,8 @@ class SseReader:
     def end(self, now: float) -> bytes:
         rest = bytes(self.partial)
         self.partial.clear()
-        if not rest:
-            return b""
-        kept = self._events(rest, now)
+        kept = self._events(rest, now) if rest else b""
+        flush_tools(self.answer, self.tools, now)
         return kept if self.strip_usage else b""
 
     def _events(self, block: bytes, now: float) -> bytes:
@@ -344,15 +427,21 @@ class SseReader:
         if not isinstance(obj, dict):
             return event
         if self.shape == "anthropic_messages":
-            read_anthropic_event(answer, name.decode("latin-1") or str(obj.get("type")), obj, now)
+            kind = name.decode("latin-1") or str(obj.get("type"))
+            read_anthropic_event(answer, self.tools, kind, obj, now)
+            return event
+        if self.shape == "openai_responses":
+            read_responses_event(answer, name.decode("latin-1") or str(obj.get("type")), obj, now)
             return event
         return self._openai(event, obj, now)
 
     def _openai(self, event: bytes, obj: dict[str, Any], now: float) -> bytes | None:
         answer = self.answer
-        if "error" in obj:
+        if obj.get("error") is not None:
             answer.error = _error_text(obj["error"]) or "error"
             return event
+        if answer.model is None:
+            answer.named(obj.get("model"))
         choices = obj.get("choices")
         usage = obj.get("usage")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
@@ -377,16 +466,35 @@ class SseReader:
         return event
 
 
-def read_anthropic_event(answer: Answer, name: str, obj: dict[str, Any], now: float) -> None:
+@dataclass(slots=True)
+class ToolUse:
+    """An Anthropic ``tool_use`` block being streamed: its ``input`` arrives as
+    ``input_json_delta`` parts (``anthropic/anthropic.go`` ``Process``)."""
+
+    block: dict[str, Any]
+    parts: list[str] = field(default_factory=list)
+    size: int = 0
+
+
+def read_anthropic_event(
+    answer: Answer, tools: dict[int, ToolUse], name: str, obj: dict[str, Any], now: float
+) -> None:
+    """One Anthropic Messages event. ``message_start``'s ``input_tokens`` is Ollama's estimate
+    (length / 4, ``EstimateInputTokens``), not a count: prompt tokens come only from
+    ``message_delta``."""
     if name == "message_start":
         message = obj.get("message")
-        usage = message.get("usage") if isinstance(message, dict) else None
-        if isinstance(usage, dict):
-            answer.prompt_tokens = _int(usage.get("input_tokens"))
+        if isinstance(message, dict):
+            answer.named(message.get("model"))
     elif name == "content_block_start":
         block = obj.get("content_block")
+        index = _index(obj)
         if isinstance(block, dict) and block.get("type") == "tool_use":
-            answer.output(now, None, None, [block])
+            answer.began(now)
+            if index >= 0 and len(tools) < 1024:
+                tools[index] = ToolUse(dict(block))
+            else:
+                answer.output(now, None, None, [block])
     elif name == "content_block_delta":
         delta = obj.get("delta")
         if isinstance(delta, dict):
@@ -395,6 +503,19 @@ def read_anthropic_event(answer: Answer, name: str, obj: dict[str, Any], now: fl
                 answer.output(now, delta.get("text"), None, None)
             elif kind == "thinking_delta":
                 answer.output(now, None, delta.get("thinking"), None)
+            elif kind == "input_json_delta":
+                tool = tools.get(_index(obj))
+                part = delta.get("partial_json")
+                if tool is not None and isinstance(part, str):
+                    if tool.size + len(part) <= answer.text_limit:
+                        tool.parts.append(part)
+                        tool.size += len(part)
+                    else:
+                        answer.text.truncated = True
+    elif name == "content_block_stop":
+        tool = tools.pop(_index(obj), None)
+        if tool is not None:
+            answer.output(now, None, None, [_tool_use(tool)])
     elif name == "message_delta":
         delta = obj.get("delta")
         if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
@@ -406,14 +527,101 @@ def read_anthropic_event(answer: Answer, name: str, obj: dict[str, Any], now: fl
             answer.completion_tokens = _int(usage.get("output_tokens"))
     elif name == "message_stop":
         answer.complete = True
+        flush_tools(answer, tools, now)
     elif name == "error":
         answer.error = _error_text(obj.get("error")) or "error"
+
+
+def _index(obj: dict[str, Any]) -> int:
+    """An event's content block index (-1 when it has none)."""
+    index = obj.get("index")
+    return index if isinstance(index, int) else -1
+
+
+def flush_tools(answer: Answer, tools: dict[int, ToolUse], now: float) -> None:
+    """Tool blocks that never stopped: keep what arrived of them."""
+    for index in sorted(tools):
+        answer.output(now, None, None, [_tool_use(tools.pop(index))])
+
+
+def _tool_use(tool: ToolUse) -> dict[str, Any]:
+    """The block with its ``input`` whole: parsed, or as the text that arrived."""
+    if tool.parts:
+        text = "".join(tool.parts)
+        try:
+            tool.block["input"] = parse_json(text.encode())
+        except ValueError:
+            tool.block["input"] = text
+    return tool.block
+
+
+def read_responses_event(answer: Answer, name: str, obj: dict[str, Any], now: float) -> None:
+    """One OpenAI Responses event (``openai/responses.go`` ``ResponsesStreamConverter``):
+    text, reasoning and function-call items as they stream; usage only in
+    ``response.completed``. On a failure mid-stream Ollama sends no event at all
+    (``middleware/openai.go`` ``ResponsesWriter``): the stream just ends, incomplete."""
+    if name == "response.output_text.delta":
+        answer.output(now, obj.get("delta"), None, None)
+    elif name in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+        answer.output(now, None, obj.get("delta"), None)
+    elif name == "response.function_call_arguments.delta":
+        answer.began(now)
+    elif name == "response.output_item.done":
+        item = obj.get("item")
+        if isinstance(item, dict) and item.get("type") == "function_call":
+            answer.output(now, None, None, [item])
+    elif name in ("response.completed", "response.incomplete", "response.failed"):
+        response = obj.get("response")
+        if isinstance(response, dict):
+            _responses_outcome(answer, response)
+    elif name == "response.created":
+        response = obj.get("response")
+        if isinstance(response, dict):
+            answer.named(response.get("model"))
+    elif name == "error":
+        answer.error = _error_text(obj.get("message") or obj.get("error")) or "error"
+
+
+def _responses_outcome(answer: Answer, response: dict[str, Any]) -> None:
+    """A Responses object's end: its usage, status (as the done reason) and error."""
+    answer.named(response.get("model"))
+    usage = response.get("usage")
+    if isinstance(usage, dict):
+        answer.prompt_tokens = _int(usage.get("input_tokens"))
+        answer.completion_tokens = _int(usage.get("output_tokens"))
+    status = response.get("status")
+    if status == "incomplete":
+        details = response.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        answer.done_reason = _reason(reason) or "incomplete"
+    elif isinstance(status, str):
+        answer.done_reason = valid_text(status)
+    if response.get("error") is not None:
+        answer.error = _error_text(response["error"]) or "error"
+    answer.complete = status in ("completed", "incomplete")
+
+
+def _responses_item(answer: Answer, item: dict[str, Any], now: float) -> None:
+    """One output item of a whole Responses object (``ToResponse``)."""
+    kind = item.get("type")
+    if kind == "message":
+        content = item.get("content")
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") == "output_text":
+                answer.output(now, part.get("text"), None, None)
+    elif kind == "reasoning":
+        summary = item.get("summary")
+        for part in summary if isinstance(summary, list) else ():
+            if isinstance(part, dict):
+                answer.output(now, None, part.get("text"), None)
+    elif kind == "function_call":
+        answer.output(now, None, None, [item])
 
 
 class JsonReader:
     """A whole JSON answer (non-streamed, load/unload, errors), read once it is complete."""
 
-    __slots__ = ("answer", "dropped", "max_bytes", "parts", "shape", "size")
+    __slots__ = ("answer", "long", "max_bytes", "parts", "shape", "size")
 
     def __init__(self, answer: Answer, shape: Shape, *, max_bytes: int) -> None:
         self.answer = answer
@@ -421,20 +629,30 @@ class JsonReader:
         self.max_bytes = max_bytes
         self.parts: list[bytes] = []
         self.size = 0
-        self.dropped = False
+        # Past max_bytes: only the head and the tail of the answer are kept.
+        self.long: LongLine | None = None
 
     def feed(self, chunk: bytes, now: float) -> bytes:
-        if not self.dropped:
-            self.size += len(chunk)
-            if self.size > self.max_bytes:
-                self.parts.clear()
-                self.dropped = True
-            else:
-                self.parts.append(chunk)
+        if self.long is not None:
+            self.long.add(chunk)
+            return chunk
+        self.size += len(chunk)
+        self.parts.append(chunk)
+        if self.size > self.max_bytes:
+            self.long = LongLine(b"".join(self.parts))
+            self.parts.clear()
         return chunk
 
     def end(self, now: float) -> bytes:
-        if self.dropped or not self.parts:
+        if self.long is not None:
+            fields, self.long = self.long.fields(), None
+            self.answer.text.truncated = True
+            if self.shape in ("generate", "chat"):
+                read_json_answer(self.answer, self.shape, fields, now)
+            else:
+                self.answer.named(fields.get("model"))
+            return b""
+        if not self.parts:
             return b""
         try:
             obj = parse_json(b"".join(self.parts))
@@ -450,10 +668,11 @@ class JsonReader:
 def read_json_answer(answer: Answer, shape: Shape, obj: dict[str, Any], now: float) -> None:
     """A complete JSON answer of any endpoint shape."""
     answer.chunks = 1
-    if "error" in obj:
+    if obj.get("error") is not None:
         answer.error = _error_text(obj["error"]) or "error"
         return
     answer.complete = True
+    answer.named(obj.get("model"))
     if shape in ("generate", "chat"):
         read_native_object(answer, shape, obj, now)
     elif shape == "embed":
@@ -495,6 +714,12 @@ def read_json_answer(answer: Answer, shape: Shape, obj: dict[str, Any], now: flo
                     answer.output(now, None, None, [block])
         if isinstance(obj.get("stop_reason"), str):
             answer.done_reason = valid_text(obj["stop_reason"])
+    elif shape == "openai_responses":
+        output = obj.get("output")
+        for item in output if isinstance(output, list) else ():
+            if isinstance(item, dict):
+                _responses_item(answer, item, now)
+        _responses_outcome(answer, obj)
 
 
 def reader_for(
@@ -511,7 +736,6 @@ def reader_for(
     if ctype.startswith(b"application/x-ndjson"):
         return NdjsonReader(answer, shape)
     if ctype.startswith(b"text/event-stream") and shape != "none":
-        # (Event streams of other routes, such as /v1/responses, are passed on unread.)
         return SseReader(answer, shape, strip_usage=strip_usage)
     if ctype.startswith(b"application/json") and (shape != "none" or status >= 400):
         # Model management answers (tags, show, ...) say nothing worth parsing unless an error.

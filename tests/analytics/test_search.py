@@ -28,6 +28,13 @@ def test_paging_returns_every_record_once_newest_first(loaded_store: SqlStore) -
     assert seen == [r["id"] for r in newest_first(model="qwen3:latest")]
 
 
+def test_a_model_is_found_by_the_name_as_ollama_resolves_it(loaded_store: SqlStore) -> None:
+    resolved, _ = loaded_store.search(SearchQuery(model="qwen3:latest", limit=1000))
+    as_typed, _ = loaded_store.search(SearchQuery(model="qwen3", limit=1000))
+    assert resolved
+    assert [r["id"] for r in as_typed] == [r["id"] for r in resolved]
+
+
 @pytest.mark.parametrize(
     "filters",
     [

@@ -52,8 +52,8 @@ MIX: list[tuple[str, dict[str, Any]]] = [
     ("/v1/embeddings", {"model": "nomic-embed-text", "input": ["a b c", "d"]}),
     ("/v1/messages", {"model": "llama3.2", "max_tokens": 7, "messages": CHAT, "stream": True}),
     ("/v1/messages", {"model": "qwen3", "max_tokens": 11, "messages": CHAT}),
-    # Passed on unread: no tokens, and not mistaken for a broken stream.
     ("/v1/responses", {"model": "llama3.2", "input": "Hi", "stream": True}),
+    ("/v1/responses", {"model": "qwen3", "instructions": "Be brief.", "input": CHAT}),
 ]
 NATIVE_GENERATION = ("/api/generate", "/api/chat")
 
@@ -84,9 +84,9 @@ def reported(emulator: EmulatorServer, path: str, body: dict[str, Any]) -> Repor
         )
     if path == "/api/embed":
         return Reported(answer["prompt_eval_count"], 0, answer["load_duration"])
-    if path in ("/api/embeddings", "/v1/responses"):
+    if path == "/api/embeddings":
         return Reported()
-    if path == "/v1/messages":
+    if path in ("/v1/messages", "/v1/responses"):
         return Reported(answer["usage"]["input_tokens"], answer["usage"]["output_tokens"])
     usage = answer["usage"]
     return Reported(usage["prompt_tokens"], usage.get("completion_tokens", 0))
@@ -114,6 +114,10 @@ def test_every_number_matches_what_ollama_reported(
         )
         assert broken.status_code == 200
         assert "error" in broken.text.splitlines()[-1]
+        # Ollama's own answer to a pull of what does not exist: the client's error.
+        refused = client.post("/api/pull", json={"model": "no-such-model"})
+        assert refused.status_code == 200
+        assert "error" in refused.text.splitlines()[-1]
     samples = scrape(proxy.url)
     prompt_tokens = sum(r.prompt for r in expected)
     completion_tokens = sum(r.completion for r in expected)
@@ -154,7 +158,7 @@ def test_every_number_matches_what_ollama_reported(
     )
 
     # Requests by status and endpoint; the stream that broke is an upstream error.
-    assert total(samples, "ollama_requests_total") == len(MIX) + 2
+    assert total(samples, "ollama_requests_total") == len(MIX) + 3
     assert total(samples, "ollama_requests_total", status="404", endpoint="/api/generate") == 1
     assert total(samples, "ollama_requests_total", endpoint="/v1/chat/completions") == 3
     assert total(samples, "ollama_upstream_errors_total", reason="midstream") == 1
@@ -163,10 +167,10 @@ def test_every_number_matches_what_ollama_reported(
         1
         for path, body in MIX
         if body.get("stream", path in NATIVE_GENERATION)
-        and body.get("messages", body.get("prompt"))
+        and body.get("messages", body.get("prompt", body.get("input")))
     )
     assert total(samples, "ollama_time_to_first_token_seconds_count") == streamed_with_tokens + 1
-    assert total(samples, "ollama_request_duration_seconds_count") == len(MIX) + 2
+    assert total(samples, "ollama_request_duration_seconds_count") == len(MIX) + 3
     assert (
         total(
             samples,

@@ -138,8 +138,10 @@ def ndjson_streams(draw: st.DrawFn) -> Stream:
 
 @st.composite
 def sse_streams(draw: st.DrawFn) -> Stream:
-    """OpenAI chat/completions and Anthropic messages event streams."""
-    shape: Shape = draw(st.sampled_from(["openai_chat", "openai_completions", "anthropic"]))
+    """OpenAI chat/completions and Responses, and Anthropic messages event streams."""
+    shape: Shape = draw(
+        st.sampled_from(["openai_chat", "openai_completions", "anthropic", "openai_responses"])
+    )
     ascii_only = draw(st.booleans())
     prefix = draw(st.sampled_from([b"data: ", b"data:"]))
     tokens = draw(st.lists(TEXT, max_size=8))
@@ -154,16 +156,28 @@ def sse_streams(draw: st.DrawFn) -> Stream:
 
     if shape == "anthropic":
         shape = "anthropic_messages"
-        event({"type": "message_start", "message": {"usage": {"input_tokens": counts[0]}}},
+        # message_start's input_tokens is Ollama's estimate, never the count.
+        estimate = draw(COUNT)
+        event({"type": "message_start", "message": {"usage": {"input_tokens": estimate}}},
               name="message_start")  # fmt: skip
         for text in tokens:
             delta = {"type": "text_delta", "text": text}
             event({"type": "content_block_delta", "delta": delta}, name="content_block_delta",
                   output=bool(text))  # fmt: skip
-        usage = {"output_tokens": counts[1]}
+        usage = {"input_tokens": counts[0], "output_tokens": counts[1]}
         event({"type": "message_delta", "delta": {"stop_reason": reason}, "usage": usage},
               name="message_delta")  # fmt: skip
         event({"type": "message_stop"}, name="message_stop")
+    elif shape == "openai_responses":
+        created = {"type": "response.created", "response": {"status": "in_progress"}}
+        event(created, name="response.created")
+        for text in tokens:
+            event({"type": "response.output_text.delta", "delta": text},
+                  name="response.output_text.delta", output=bool(text))  # fmt: skip
+        usage = {"input_tokens": counts[0], "output_tokens": counts[1]}
+        reason = "completed"  # the status Ollama gives every finished response
+        done = {"status": reason, "usage": usage}
+        event({"type": "response.completed", "response": done}, name="response.completed")
     else:
         for text in tokens:
             if shape == "openai_chat":
@@ -673,11 +687,11 @@ def test_facts_are_read_as_ollama_reads_them() -> None:
     endpoint = classify("/api/chat")
     # Go's json.Decoder reads the first value and leaves what follows: Ollama answers it.
     facts, _ = read_request(endpoint, b'{"model":"m","stream":false} trailing', inject_usage=False)
-    assert (facts.model, facts.stream) == ("m:latest", False)
+    assert (facts.model, facts.stream) == ("m", False)  # as sent: models.py resolves it
     # Invalid UTF-8 in a string is replaced, not refused, by Go.
     body = b'{"model":"m","messages":[{"role":"user","content":"caf\xe9 au lait"}]}'
     facts, sent = read_request(endpoint, body, inject_usage=True)
-    assert facts.model == "m:latest"
+    assert facts.model == "m"
     assert facts.prompt == "caf\ufffd au lait"
     assert sent is body
     assert read_request(endpoint, b"\xff", inject_usage=True)[0] is NO_FACTS

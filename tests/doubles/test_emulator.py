@@ -12,6 +12,7 @@ import json
 import math
 import re
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -59,7 +60,7 @@ def server() -> Iterator[EmulatorServer]:
 def emu(server: EmulatorServer) -> Iterator[EmulatorServer]:
     server.reset(catalog=True)
     yield server
-    server.configure(token_delay=0.0, first_token_delay=0.0, openai_layout="new")
+    server.configure(**EmulatorConfig().as_dict())
     server.reset(catalog=True)
 
 
@@ -115,7 +116,8 @@ def anthropic_events(text: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def metrics_of(expected: tokens.Expected) -> dict[str, int]:
-    return {key: getattr(expected, key) for key in METRIC_KEYS}
+    """The planned metrics: all but total_duration, which is measured."""
+    return {key: getattr(expected, key) for key in METRIC_KEYS[1:]}
 
 
 def prompt_with(fragment: str) -> str:
@@ -176,24 +178,26 @@ def test_chat_stream_bytes_and_metrics(http: httpx.Client) -> None:
     assert response.headers["content-type"] == "application/x-ndjson"
     assert response.headers["transfer-encoding"] == "chunked"
     chunks = lines(response)
-    assert len(chunks) == expected.chunk_count + 1 == tokens.DEFAULT_EVAL_COUNT + 1
-    for chunk, token in zip(chunks, expected.text_tokens, strict=False):
+    assert len(chunks) == expected.chunk_count + 1
+    # Some chunks carry two tokens, as llama-server streams them: lines < eval_count.
+    assert expected.chunk_count < expected.eval_count == tokens.DEFAULT_EVAL_COUNT
+    for chunk, planned in zip(chunks, expected.chunks, strict=False):
         assert list(chunk) == ["model", "created_at", "message", "done"]
         assert chunk["model"] == "llama3.2"  # echoed as sent, not normalised
-        assert chunk["message"] == {"role": "assistant", "content": token}
+        assert chunk["message"] == {"role": "assistant", "content": planned.content}
         assert CREATED_AT.match(chunk["created_at"])
+    assert "".join(c["message"]["content"] for c in chunks) == expected.text
     final = chunks[-1]
     assert list(final) == ["model", "created_at", "message", "done", "done_reason", *METRIC_KEYS]
-    assert final["message"] == {"role": "assistant", "content": ""}
+    assert final["message"] == {"role": "assistant", "content": expected.final.content}
     assert final["done_reason"] == "stop"
-    assert {k: final[k] for k in METRIC_KEYS} == metrics_of(expected)
-    assert expected.prompt_eval_count == tokens.TEMPLATE_OVERHEAD + tokens.PER_MESSAGE_OVERHEAD + 7
-    assert expected.total_duration == (
-        expected.load_duration
-        + expected.prompt_eval_duration
-        + expected.eval_duration
-        + tokens.OVERHEAD_NS
+    assert {k: final[k] for k in METRIC_KEYS[1:]} == metrics_of(expected)
+    assert (
+        final["total_duration"]
+        >= expected.timed_duration
+        == (expected.load_duration + expected.prompt_eval_duration + expected.eval_duration)
     )
+    assert expected.prompt_eval_count == tokens.TEMPLATE_OVERHEAD + tokens.PER_MESSAGE_OVERHEAD + 7
 
 
 @pytest.mark.process
@@ -215,7 +219,8 @@ def test_go_escaping_on_the_wire(http: httpx.Client) -> None:
 def test_ollama_client_chat_stream_and_non_stream(oclient: ollama.Client) -> None:
     expected = tokens.expected_generation("llama3.2:latest", user(SKY), num_predict=5)
     parts = list(oclient.chat("llama3.2", user(SKY), stream=True, options={"num_predict": 5}))
-    assert [p.message.content for p in parts[:-1]] == expected.text_tokens
+    assert [p.message.content for p in parts[:-1]] == [c.content for c in expected.chunks]
+    assert "".join(p.message.content for p in parts) == expected.text
     assert parts[-1].done
     assert parts[-1].done_reason == "length"
     assert parts[-1].eval_count == 5 == expected.eval_count
@@ -224,7 +229,9 @@ def test_ollama_client_chat_stream_and_non_stream(oclient: ollama.Client) -> Non
     assert whole.message.content == default.text
     assert whole.message.content.endswith(".")
     assert whole.prompt_eval_count == default.prompt_eval_count
-    assert whole.total_duration == default.total_duration
+    assert whole.load_duration == default.load_duration
+    assert whole.eval_duration == default.eval_duration
+    assert (whole.total_duration or 0) >= default.timed_duration
     assert whole.done_reason == "stop"
 
 
@@ -250,13 +257,40 @@ def test_generate_stream_context_and_raw(oclient: ollama.Client, http: httpx.Cli
 
 
 @pytest.mark.process
+@pytest.mark.parametrize(
+    ("options", "num_ctx", "num_keep"),
+    [
+        ({}, 4096, 4),  # the CPU-only default context (server/routes.go defaultNumCtx)
+        ({"num_ctx": 100}, 100, 4),
+        ({"num_ctx": 100, "num_keep": 20}, 100, 20),
+    ],
+)
+def test_a_generate_prompt_longer_than_the_context_is_cut(
+    http: httpx.Client, options: dict[str, int], num_ctx: int, num_keep: int
+) -> None:
+    prompt = "word " * 10_000
+    assert tokens.generate_prompt_tokens(prompt) > num_ctx
+    answer = http.post(
+        "/api/generate",
+        json={"model": "llama3.2", "prompt": prompt, "stream": False, "options": options},
+    ).json()
+    # llm/llama_server.go completionPromptForRequest, contextShiftPromptLimit (+1: BOS).
+    assert answer["prompt_eval_count"] == num_ctx - max((num_ctx - (num_keep + 1)) // 2, 1)
+    short = http.post(
+        "/api/generate",
+        json={"model": "llama3.2", "prompt": "word " * 10, "stream": False, "options": options},
+    ).json()
+    assert short["prompt_eval_count"] == tokens.generate_prompt_tokens("word " * 10)
+
+
+@pytest.mark.process
 def test_thinking_on_qwen3(oclient: ollama.Client, http: httpx.Client) -> None:
     expected = tokens.expected_generation("qwen3", user("hello"))
     assert len(expected.thinking_tokens) == tokens.THINKING_TOKENS  # on by default
     parts = list(oclient.chat("qwen3", user("hello"), stream=True, think=True))
-    thinking = [p.message.thinking for p in parts if p.message.thinking]
-    assert thinking == expected.thinking_tokens
-    assert all(p.message.content == "" for p in parts[: len(thinking)])  # thinking comes first
+    assert "".join(p.message.thinking or "" for p in parts) == expected.thinking
+    first_text = next(i for i, p in enumerate(parts) if p.message.content)
+    assert not any(p.message.thinking for p in parts[first_text + 1 :])  # thinking comes first
     assert "".join(p.message.content for p in parts) == expected.text
     assert parts[-1].eval_count == len(expected.thinking_tokens) + len(expected.text_tokens)
     off = oclient.chat("qwen3", user("hello"), think=False)
@@ -305,6 +339,91 @@ def test_native_tool_calls(oclient: ollama.Client, http: httpx.Client) -> None:
 
 
 @pytest.mark.process
+def test_final_chunk_can_carry_text(http: httpx.Client) -> None:
+    # llm/llama_server.go Completion (the stop event's content) and Chat (the last delta).
+    expected = tokens.expected_generation("qwen3", user("hello"))
+    assert expected.final.content  # this answer ends on a final chunk with text
+    chat = lines(http.post("/api/chat", json={"model": "qwen3", "messages": user("hello")}))
+    assert chat[-1]["done"] is True
+    assert chat[-1]["message"]["content"] == expected.final.content
+    assert "".join(c["message"]["content"] for c in chat) == expected.text
+    assert "".join(c["message"].get("thinking", "") for c in chat) == expected.thinking
+    generated = lines(http.post("/api/generate", json={"model": "qwen3", "prompt": "hello"}))
+    assert generated[-1]["response"] == expected.final.content
+    assert "".join(c["response"] for c in generated) == expected.text
+    # The OpenAI layer sends the final text as a content chunk before the finish chunk.
+    body = {"model": "qwen3", "messages": user("hello"), "stream": True}
+    events = [
+        json.loads(d) for d in sse_data(http.post("/v1/chat/completions", json=body).text)[:-1]
+    ]
+    assert events[-2]["choices"][0]["delta"] == {"content": expected.final.content}
+    assert events[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+    # ... and the Anthropic layer as the last text_delta.
+    anthropic = anthropic_events(
+        http.post(
+            "/v1/messages",
+            json={"model": "qwen3", "max_tokens": 100, "messages": user("hello"), "stream": True},
+        ).text
+    )
+    deltas = [d["delta"] for n, d in anthropic if n == "content_block_delta"]
+    assert "".join(d.get("text", "") for d in deltas) == (
+        tokens.expected_generation("qwen3", user("hello"), num_predict=100).text
+    )
+
+
+@pytest.mark.process
+def test_chat_tool_calls_ride_the_final_chunk(http: httpx.Client) -> None:
+    # llm/llama_server.go Chat accumulates every tool call and attaches them to the final
+    # response only; a delta with only logprobs is still sent.
+    body = {"model": "llama3.2", "messages": user("Weather in Paris?"), "tools": [WEATHER_TOOL]}
+    expected = tokens.expected_generation(
+        "llama3.2", user("Weather in Paris?"), tools=[WEATHER_TOOL]
+    )
+    (only,) = lines(http.post("/api/chat", json=body))  # no token showed: one line
+    assert only["done"] is True
+    assert only["message"]["tool_calls"] == expected.tool_calls
+    assert only["eval_count"] == tokens.TOOL_CALL_TOKENS
+    thinking = lines(http.post("/api/chat", json={**body, "model": "qwen3"}))
+    assert all("tool_calls" not in c["message"] for c in thinking[:-1])
+    assert thinking[-1]["message"]["tool_calls"]
+    assert "".join(c["message"].get("thinking", "") for c in thinking)
+    with_logprobs = lines(http.post("/api/chat", json={**body, "logprobs": True}))
+    assert len(with_logprobs) == tokens.TOOL_CALL_TOKENS + 1
+    for chunk in with_logprobs[:-1]:  # chunks with only logprobs
+        assert chunk["message"] == {"role": "assistant", "content": ""}
+        (entry,) = chunk["logprobs"]
+        assert entry["token"]
+    assert with_logprobs[-1]["message"]["tool_calls"] == expected.tool_calls
+    assert "logprobs" not in with_logprobs[-1]
+    whole = http.post("/api/chat", json={**body, "stream": False, "logprobs": True}).json()
+    assert len(whole["logprobs"]) == tokens.TOOL_CALL_TOKENS
+    assert whole["message"]["tool_calls"] == expected.tool_calls
+    # Chat's final chunk keeps the logprobs of the text it carries (unlike generate's).
+    text = lines(
+        http.post("/api/chat", json={"model": "qwen3", "messages": user("hello"), "logprobs": True})
+    )
+    assert [e["token"] for e in text[-1]["logprobs"]] == [
+        *tokens.expected_generation("qwen3", user("hello")).final.pieces
+    ]
+    # /v1/messages: the first native chunk is the final one, so message_start has its count.
+    schema = WEATHER_TOOL["function"]["parameters"]
+    native = {"name": "get_weather", "description": "", "parameters": schema}
+    converted = [{"type": "function", "function": native}]  # what the middleware sends on
+    messages = {
+        "model": "llama3.2",
+        "max_tokens": 100,
+        "messages": user("Weather in Paris?"),
+        "tools": [{"name": "get_weather", "input_schema": schema}],
+        "stream": True,
+    }
+    start = anthropic_events(http.post("/v1/messages", json=messages).text)[0][1]
+    counted = tokens.expected_generation(
+        "llama3.2", user("Weather in Paris?"), tools=converted
+    ).prompt_eval_count
+    assert start["message"]["usage"]["input_tokens"] == counted
+
+
+@pytest.mark.process
 def test_load_and_unload_forms(http: httpx.Client, oclient: ollama.Client) -> None:
     load = http.post("/api/generate", json={"model": "gemma:2b"})
     assert load.headers["content-type"] == "application/json; charset=utf-8"
@@ -328,15 +447,20 @@ def test_load_and_unload_forms(http: httpx.Client, oclient: ollama.Client) -> No
 def test_logprobs_when_requested(http: httpx.Client) -> None:
     body = {"model": "llama3.2", "prompt": SKY, "logprobs": True, "top_logprobs": 2}
     chunks = lines(http.post("/api/generate", json=body))
-    for chunk in chunks[:-1]:
-        (entry,) = chunk["logprobs"]
-        assert entry["token"] == chunk["response"]
-        assert entry["bytes"] == list(chunk["response"].encode())
-        assert entry["logprob"] < 0
-        assert len(entry["top_logprobs"]) == 2
-    assert "logprobs" not in chunks[-1]
+    expected = tokens.expected_generation("llama3.2", SKY)
+    for chunk, planned in zip(chunks, expected.chunks, strict=False):
+        entries = chunk["logprobs"]  # one entry for each token of the chunk
+        assert [e["token"] for e in entries] == list(planned.pieces)
+        assert "".join(e["token"] for e in entries) == chunk["response"]
+        for entry in entries:
+            assert entry["bytes"] == list(entry["token"].encode())
+            assert entry["logprob"] < 0
+            assert len(entry["top_logprobs"]) == 2
+    assert max(len(c["logprobs"]) for c in chunks[:-1]) == 2
+    assert "logprobs" not in chunks[-1]  # llm/llama_server.go Completion: finalResp has none
     whole = http.post("/api/generate", json={**body, "stream": False}).json()
-    assert [lp["token"] for lp in whole["logprobs"]] == [c["response"] for c in chunks[:-1]]
+    streamed = [lp["token"] for c in chunks[:-1] for lp in c["logprobs"]]
+    assert [lp["token"] for lp in whole["logprobs"]] == streamed
     assert (
         "logprobs"
         not in lines(http.post("/api/generate", json={"model": "llama3.2", "prompt": SKY}))[0]
@@ -467,6 +591,106 @@ def test_copy_delete_create_push(oclient: ollama.Client, http: httpx.Client) -> 
     pushed = [p.status for p in oclient.push("helper", stream=True)]
     assert pushed[0] == "retrieving manifest"
     assert pushed[-2:] == ["pushing manifest", "success"]
+
+
+@pytest.mark.process
+def test_name_is_accepted_for_model(http: httpx.Client, oclient: ollama.Client) -> None:
+    # server/routes.go PullHandler/DeleteHandler take cmp.Or(Model, Name); PushHandler
+    # takes Model, else Name, else "model is required".
+    pulled = lines(http.post("/api/pull", json={"name": "smollm2:135m"}))
+    assert pulled[-1] == {"status": "success"}
+    assert "smollm2:135m" in [m.model for m in oclient.list().models]
+    pushed = lines(http.post("/api/push", json={"name": "smollm2:135m"}))
+    assert pushed[-1] == {"status": "success"}
+    neither = http.post("/api/push", json={"stream": False})
+    assert (neither.status_code, neither.json()) == (400, {"error": "model is required"})
+    deleted = http.request("DELETE", "/api/delete", json={"name": "smollm2:135m"})
+    assert (deleted.status_code, deleted.content) == (200, b"")
+    assert "smollm2:135m" not in [m.model for m in oclient.list().models]
+
+
+@pytest.mark.process
+def test_account_and_cloud_routes_without_an_account(http: httpx.Client) -> None:
+    # server/routes.go SignoutHandler, webExperimentalProxyHandler,
+    # ModelRecommendationsExperimentalHandler; server/cloud_proxy.go writeCloudUnauthorized.
+    for method, path in (("POST", "/api/signout"), ("DELETE", "/api/user/keys/c29tZWtleQ")):
+        answer = http.request(method, path)
+        assert (answer.status_code, answer.json()) == (
+            401,
+            {"error": "you are not currently signed in"},
+        )
+    for path in ("/api/experimental/web_search", "/api/experimental/web_fetch"):
+        assert http.post(path, content=b" ").json() == {"error": "missing request body"}
+        answer = http.post(path, json={"query": "ollama"})
+        assert answer.status_code == 401
+        assert list(answer.json()) == ["error", "signin_url"]
+        assert answer.json()["signin_url"].startswith("https://ollama.com/connect?name=")
+    recommended = http.get("/api/experimental/model-recommendations")
+    assert recommended.status_code == 200
+    entries = recommended.json()["recommendations"]
+    assert entries[0] == {
+        "model": "kimi-k2.6:cloud",
+        "description": "State-of-the-art coding, long-horizon execution, and multimodal"
+        " agent swarm capability",
+        "context_length": 262_144,
+        "max_output_tokens": 262_144,
+    }
+    assert entries[-1] == {
+        "model": "qwen3.5",
+        "description": "Reasoning, coding, and visual understanding locally",
+        "vram_bytes": 14_000_000_000,
+    }
+    assert http.post("/api/experimental/model-recommendations").status_code == 405
+
+
+@pytest.mark.process
+def test_audio_transcriptions(http: httpx.Client) -> None:
+    # middleware/openai.go TranscriptionMiddleware/TranscriptionWriter,
+    # openai/openai.go FromTranscriptionRequest.
+    audio = {"file": ("speech.wav", b"RIFF\x24\x00\x00\x00WAVEfmt ", "audio/wav")}
+    messages = [
+        {
+            "role": "system",
+            "content": "Transcribe the audio exactly as spoken. Output only the spoken words."
+            " Do not answer any question in the audio.",
+        },
+        {"role": "user", "content": "What exact words are spoken in this audio?"},
+    ]
+    text = tokens.expected_generation("llama3.2", messages).text.strip()
+    answer = http.post("/v1/audio/transcriptions", files=audio, data={"model": "llama3.2"})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.content == dumps({"text": text}).encode() + b"\n"
+    plain = http.post(
+        "/v1/audio/transcriptions",
+        files=audio,
+        data={"model": "llama3.2", "response_format": "text"},
+    )
+    assert (plain.headers["content-type"], plain.text) == ("text/plain", text)
+
+    def error(**kwargs: Any) -> tuple[int, str]:
+        reply = http.post("/v1/audio/transcriptions", **kwargs)
+        return reply.status_code, reply.json()["error"]["message"]
+
+    assert error(json={"model": "llama3.2"}) == (
+        400,
+        "failed to parse multipart form: request Content-Type isn't multipart/form-data",
+    )
+    assert error(files=audio) == (400, "model is required")
+    assert error(files={"other": audio["file"]}, data={"model": "llama3.2"}) == (
+        400,
+        "file is required: http: no such file",
+    )
+    empty = {"file": ("speech.wav", b"", "audio/wav")}
+    assert error(files=empty, data={"model": "llama3.2"}) == (400, "audio file is empty")
+    assert error(files=audio, data={"model": "nope"}) == (404, "model 'nope' not found")
+    broken = http.post(
+        "/v1/audio/transcriptions",
+        files=audio,
+        data={"model": "llama3.2"},
+        headers=fault("fail-after-2"),
+    )
+    assert (broken.status_code, broken.content) == (200, b"")  # the error line is dropped
 
 
 @pytest.mark.process
@@ -645,7 +869,10 @@ def test_midstream_error_line_native(http: httpx.Client, oclient: ollama.Client)
     chunks = lines(response)
     assert len(chunks) == 4
     assert not any(c.get("done") for c in chunks)
-    assert response.text.endswith('{"error":"an error was encountered while running the model"}\n')
+    # llm/llama_server.go: the text ends with ": <detail>"
+    assert response.text.endswith(
+        '{"error":"an error was encountered while running the model: unexpected EOF"}\n'
+    )
     with pytest.raises(ollama.ResponseError, match="an error was encountered"):
         for _ in oclient.chat(
             "llama3.2", user(SKY), stream=True, options={"emulator_fail_after": 3}
@@ -658,7 +885,9 @@ def test_midstream_error_line_native(http: httpx.Client, oclient: ollama.Client)
     )
     assert before_first.status_code == 500
     assert before_first.headers["content-type"] == "application/json"
-    assert before_first.content == b'{"error":"an error was encountered while running the model"}'
+    assert before_first.content == (
+        b'{"error":"an error was encountered while running the model: unexpected EOF"}'
+    )
     not_streamed = http.post(
         "/api/chat",
         json={**body, "stream": False},
@@ -681,6 +910,31 @@ def test_midstream_error_openai_quirk(http: httpx.Client) -> None:
 
 
 @pytest.mark.process
+def test_midstream_error_on_messages_and_responses_sends_no_event(http: httpx.Client) -> None:
+    # middleware/anthropic.go and middleware/openai.go ResponsesWriter: the native error
+    # line decodes as an empty ChatResponse, which converts to no event at all.
+    messages = http.post(
+        "/v1/messages",
+        json={"model": "llama3.2", "max_tokens": 20, "messages": user(SKY), "stream": True},
+        headers=fault("fail-after-3"),
+    )
+    assert messages.status_code == 200
+    names = [name for name, _ in anthropic_events(messages.text)]
+    assert names[0] == "message_start"
+    assert names[-1] == "content_block_delta"
+    assert not {"error", "message_delta", "message_stop"} & set(names)
+    responses = http.post(
+        "/v1/responses",
+        json={"model": "llama3.2", "input": SKY, "stream": True},
+        headers=fault("fail-after-3"),
+    )
+    assert responses.status_code == 200
+    names = [name for name, _ in anthropic_events(responses.text)]
+    assert names[-1] == "response.output_text.delta"
+    assert not {"response.failed", "response.completed", "error"} & set(names)
+
+
+@pytest.mark.process
 def test_reset_status_and_hang_faults(emu: EmulatorServer, http: httpx.Client) -> None:
     body = {"model": "llama3.2", "prompt": SKY}
     received: list[str] = []
@@ -694,7 +948,7 @@ def test_reset_status_and_hang_faults(emu: EmulatorServer, http: httpx.Client) -
     assert len([line for line in received if line]) == 3
     crashed = http.post("/api/generate", json=body, headers={"X-Emulator-Fault": "status-500"})
     assert crashed.status_code == 500
-    assert crashed.content == b'{"error":"llama runner process has terminated: exit status 2"}'
+    assert crashed.content == b'{"error":"llama-server process has terminated: exit status 2"}'
     with pytest.raises(httpx.ReadTimeout):
         http.post("/api/chat", json=body, headers={"X-Emulator-Fault": "hang"}, timeout=0.3)
     log = wait_for(emu, lambda entries: entries[-1]["cancelled"])
@@ -741,7 +995,8 @@ def test_request_log_records_bodies_and_cancellation(
     assert first["completed"]
     assert not first["cancelled"]
     assert first["status"] == 200
-    assert first["chunks_sent"] == tokens.DEFAULT_EVAL_COUNT + 1  # one write per NDJSON line
+    # one write per NDJSON line
+    assert first["chunks_sent"] == tokens.expected_generation("llama3.2", user(SKY)).chunk_count + 1
     assert first["bytes_sent"] > 0
     assert second["cancelled"]
     assert not second["completed"]
@@ -764,7 +1019,95 @@ def test_headers_wait_for_the_first_token(emu: EmulatorServer, http: httpx.Clien
         body = b"".join(response.iter_bytes())
     assert waited >= 0.28
     assert time.monotonic() - started >= 0.3 + 0.01 * tokens.DEFAULT_EVAL_COUNT * 0.9
-    assert body.count(b"\n") == tokens.DEFAULT_EVAL_COUNT + 1
+    assert body.count(b"\n") == tokens.expected_generation("llama3.2", "hi").chunk_count + 1
+
+
+def timed(http: httpx.Client, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(nanoseconds the client waited, the final native object)."""
+    started = time.monotonic_ns()
+    answer = http.post(path, json=body)
+    elapsed = time.monotonic_ns() - started
+    assert answer.status_code == 200, answer.text
+    return elapsed, lines(answer)[-1] if body.get("stream", True) else answer.json()
+
+
+def running(http: httpx.Client) -> list[str]:
+    return [m["name"] for m in http.get("/api/ps").json()["models"]]
+
+
+def timed_part(final: dict[str, Any]) -> int:
+    return sum(
+        final.get(key, 0) for key in ("load_duration", "prompt_eval_duration", "eval_duration")
+    )
+
+
+@pytest.mark.process
+def test_durations_fit_in_the_time_the_request_took(
+    emu: EmulatorServer, http: httpx.Client
+) -> None:
+    # server/routes.go: total_duration = time.Since(checkpointStart) at the final response,
+    # so it holds the load, the prompt evaluation and the generation, and the client waited
+    # at least that long. The emulator sleeps each duration it reports.
+    cases = [
+        ("/api/generate", {"model": "llama3.2", "prompt": SKY}),
+        ("/api/chat", {"model": "qwen3", "messages": user(SKY)}),
+        ("/api/chat", {"model": "llama3.2", "messages": user(SKY), "stream": False}),
+    ]
+    for path, body in cases:
+        elapsed, final = timed(http, path, body)
+        assert elapsed >= final["total_duration"] >= timed_part(final) > 0, (path, final)
+    embed = {"model": "nomic-embed-text", "input": SKY, "stream": False}  # (stream: unused)
+    elapsed, embedded = timed(http, "/api/embed", embed)
+    assert elapsed >= embedded["total_duration"] >= embedded["load_duration"] > 0
+    # A cold load (the model is not in /api/ps) is inside load_duration, and /api/ps lists
+    # the model only once it is loaded (server/sched.go).
+    emu.configure(cold_load_delay=0.4)
+    warm = tokens.expected_generation("gemma:2b", user(SKY))
+    results: list[tuple[int, dict[str, Any]]] = []
+    cold = {"model": "gemma:2b", "messages": user(SKY), "stream": False}
+    loader = threading.Thread(target=lambda: results.append(timed(http, "/api/chat", cold)))
+    loader.start()
+    time.sleep(0.15)
+    assert "gemma:2b" not in running(http)  # still loading
+    loader.join()
+    ((elapsed, final),) = results
+    assert "gemma:2b" in running(http)
+    assert final["load_duration"] >= 0.4e9 > warm.load_duration
+    assert elapsed >= final["total_duration"] >= timed_part(final)
+    elapsed, again = timed(http, "/api/chat", cold)  # now warm: the model's own figure
+    assert again["load_duration"] == warm.load_duration
+    assert elapsed >= again["total_duration"] >= timed_part(again)
+
+
+@pytest.mark.process
+def test_waiting_for_a_slot_is_not_load_duration(emu: EmulatorServer, http: httpx.Client) -> None:
+    # With OLLAMA_NUM_PARALLEL=1 a second request to a warm model waits for the slot
+    # (llm/llama_server.go sem.Acquire, after checkpointLoaded): the wait lands in
+    # total - load - prompt_eval - eval, not in load_duration.
+    emu.configure(num_parallel=1, token_delay=0.02)
+    expected = tokens.expected_generation("llama3.2", "first", num_predict=20)
+    timed(http, "/api/generate", {"model": "llama3.2", "prompt": "warm up", "stream": False})
+    results: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def ask(prompt: str) -> None:
+        with httpx.Client(base_url=emu.url, timeout=10) as own:
+            body = {"model": "llama3.2", "prompt": prompt, "options": {"num_predict": 20}}
+            results[prompt] = timed(own, "/api/generate", {**body, "stream": False})
+
+    first = threading.Thread(target=ask, args=("first",))
+    first.start()
+    wait_for(emu, lambda entries: len(entries) == 2)  # the first holds the slot
+    second = threading.Thread(target=ask, args=("second",))
+    second.start()
+    first.join()
+    second.join()
+    for elapsed, final in results.values():
+        assert final["load_duration"] == expected.load_duration  # no wait in it
+        assert elapsed >= final["total_duration"] >= timed_part(final)
+    residual = {p: final["total_duration"] - timed_part(final) for p, (_, final) in results.items()}
+    # The pacing (token_delay above the model's rate) is in both residuals; the second's
+    # also holds most of the first's generation: 20 tokens at 0.02 s.
+    assert residual["second"] - residual["first"] >= 0.25e9
 
 
 # --- OpenAI layer ------------------------------------------------------------------------
@@ -844,9 +1187,9 @@ def test_openai_sse_layout_new(http: httpx.Client) -> None:
     assert len(events) == expected.chunk_count + 2  # tokens, finish, usage
     assert events[0]["choices"][0]["delta"] == {
         "role": "assistant",
-        "content": expected.text_tokens[0],
+        "content": expected.chunks[0].content,
     }
-    assert events[1]["choices"][0]["delta"] == {"content": expected.text_tokens[1]}
+    assert events[1]["choices"][0]["delta"] == {"content": expected.chunks[1].content}
     finish, usage = events[-2], events[-1]
     assert finish["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
     assert usage["choices"] == []
@@ -875,7 +1218,7 @@ def test_openai_sse_layout_old(emu: EmulatorServer, http: httpx.Client) -> None:
     events = [json.loads(d) for d in data[:-1]]
     deltas = [e["choices"][0]["delta"] for e in events[:-1]]
     assert all(d["role"] == "assistant" and "content" in d for d in deltas)
-    assert [d["content"] for d in deltas[:-1]] == expected.text_tokens
+    assert [d["content"] for d in deltas[:-1]] == [c.content for c in expected.chunks]
     last = events[-2]["choices"][0]
     assert last == {
         "index": 0,
@@ -885,6 +1228,85 @@ def test_openai_sse_layout_old(emu: EmulatorServer, http: httpx.Client) -> None:
     assert all(e["choices"][0]["finish_reason"] is None for e in events[:-2])
     assert events[-1]["choices"] == []
     assert events[-1]["usage"]["completion_tokens"] == expected.eval_count
+
+
+def fault(name: str) -> dict[str, str]:
+    return {"X-Emulator-Fault": name}
+
+
+@pytest.mark.process
+def test_openai_chat_finish_reason_mapping(http: httpx.Client) -> None:
+    # openai/openai.go FinishChunk (streamed) and ToChatCompletion (not streamed).
+    body = {"model": "llama3.2", "messages": user(SKY), "stream": True}
+    tools: dict[str, Any] = {"tools": [WEATHER_TOOL]}
+
+    def streamed(headers: dict[str, str] | None = None, **extra: Any) -> Any:
+        data = sse_data(
+            http.post("/v1/chat/completions", json={**body, **extra}, headers=headers).text
+        )
+        assert data[-1] == "[DONE]"
+        (choice,) = json.loads(data[-2])["choices"]
+        assert choice["delta"] == {}
+        return choice["finish_reason"]
+
+    assert streamed() == "stop"
+    assert streamed(fault("done-reason-none")) == "stop"  # empty → "stop"
+    assert streamed(**tools) == "tool_calls"
+    assert streamed(fault("done-reason-length"), **tools) == "length"  # only stop is remapped
+    assert streamed(fault("done-reason-none"), **tools) == "tool_calls"
+
+    def whole(headers: dict[str, str] | None = None, **extra: Any) -> Any:
+        answer = http.post(
+            "/v1/chat/completions", json={**body, "stream": False, **extra}, headers=headers
+        )
+        return answer.json()["choices"][0]
+
+    assert whole()["finish_reason"] == "stop"
+    assert whole(fault("done-reason-none"))["finish_reason"] is None  # empty → null
+    assert whole(**tools)["finish_reason"] == "tool_calls"
+    length = whole(fault("done-reason-length"), **tools)
+    assert length["finish_reason"] == "length"
+    assert length["message"]["tool_calls"]
+
+
+@pytest.mark.process
+def test_openai_chat_deltas_keep_empty_content(http: httpx.Client) -> None:
+    # openai/openai.go toChunk: content is always set, so a reasoning-only delta has "".
+    body = {"model": "qwen3", "messages": user("hello"), "stream": True}
+    events = [
+        json.loads(d) for d in sse_data(http.post("/v1/chat/completions", json=body).text)[:-1]
+    ]
+    first = events[0]["choices"][0]["delta"]
+    assert list(first) == ["role", "content", "reasoning"]
+    assert first["content"] == ""
+    assert all("role" not in e["choices"][0]["delta"] for e in events[1:])
+
+
+@pytest.mark.process
+def test_openai_completions_finish_reason_and_created(
+    emu: EmulatorServer, http: httpx.Client
+) -> None:
+    # openai/openai.go ToCompleteChunk: done_reason passed through (empty → null), and
+    # `created` is time.Now() for each chunk.
+    body = {"model": "llama3.2", "prompt": "Say hi", "stream": True}
+
+    def last_reason(headers: dict[str, str] | None = None, **extra: Any) -> Any:
+        data = sse_data(http.post("/v1/completions", json={**body, **extra}, headers=headers).text)
+        return json.loads(data[-2])["choices"][0]["finish_reason"]
+
+    assert last_reason() == "stop"
+    assert last_reason(max_tokens=3) == "length"
+    assert last_reason(fault("done-reason-none")) is None
+    assert last_reason(fault("done-reason-unload")) == "unload"
+    whole = http.post(
+        "/v1/completions", json={**body, "stream": False}, headers=fault("done-reason-none")
+    )
+    assert whole.json()["choices"][0]["finish_reason"] is None
+    emu.configure(token_delay=0.3)
+    data = sse_data(http.post("/v1/completions", json={**body, "max_tokens": 6}).text)
+    created = [json.loads(d)["created"] for d in data[:-1]]
+    assert len(set(created)) >= 2, created
+    assert created == sorted(created)
 
 
 @pytest.mark.process
@@ -981,6 +1403,88 @@ def test_anthropic_messages_stream_and_json(http: httpx.Client) -> None:
     ).json()
     assert used["stop_reason"] == "tool_use"
     assert used["content"][0]["type"] == "tool_use"
+
+
+@pytest.mark.process
+def test_anthropic_stop_reason_mapping_and_omitted_fields(http: httpx.Client) -> None:
+    # anthropic/anthropic.go mapStopReason, StreamConverter.Process, MessagesResponse.
+    body = {"model": "llama3.2", "max_tokens": 5, "messages": user("hello"), "stream": True}
+
+    def streamed(headers: dict[str, str] | None = None, **extra: Any) -> list[Any]:
+        text = http.post("/v1/messages", json={**body, **extra}, headers=headers).text
+        return anthropic_events(text)
+
+    events = streamed()
+    start = events[0][1]["message"]
+    assert list(start) == ["id", "type", "role", "model", "content", "usage"]  # no stop_*
+    assert start["usage"]["output_tokens"] == 0
+    delta = events[-2][1]
+    assert list(delta) == ["type", "delta", "usage"]
+    assert delta["delta"] == {"stop_reason": "max_tokens"}  # no stop_sequence
+    assert streamed(fault("done-reason-stop"))[-2][1]["delta"] == {"stop_reason": "end_turn"}
+    unusual = streamed(fault("done-reason-unload"))[-2][1]["delta"]
+    assert unusual == {"stop_reason": "stop_sequence"}
+    assert streamed(fault("done-reason-none"))[-2][1]["delta"] == {}  # omitted, not null
+
+    whole = http.post("/v1/messages", json={**body, "stream": False}).json()
+    assert list(whole) == ["id", "type", "role", "model", "content", "stop_reason", "usage"]
+    assert whole["stop_reason"] == "max_tokens"
+    plain = http.post(
+        "/v1/messages", json={**body, "stream": False}, headers=fault("done-reason-none")
+    ).json()
+    assert "stop_reason" not in plain
+
+    tools = [{"name": "get_weather", "input_schema": WEATHER_TOOL["function"]["parameters"]}]
+    used = streamed(max_tokens=100, tools=tools)
+    names = [name for name, _ in used]
+    at = names.index("content_block_start")
+    assert names[at : at + 3] == [
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+    ]
+    block = used[at][1]["content_block"]
+    assert list(block) == ["type", "id", "name", "input"]
+    assert (block["type"], block["name"], block["input"]) == ("tool_use", "get_weather", {})
+    partial = used[at + 1][1]["delta"]
+    assert partial["type"] == "input_json_delta"
+    assert set(json.loads(partial["partial_json"])) == {"city", "days"}
+    assert used[-2][1]["delta"] == {"stop_reason": "tool_use"}
+
+
+@pytest.mark.process
+def test_anthropic_message_start_input_estimate(http: httpx.Client) -> None:
+    # anthropic/anthropic.go EstimateCountTokens: byte lengths of system, roles, contents
+    # and tools (input_schema raw, as sent), / 4.
+    schema = WEATHER_TOOL["function"]["parameters"]
+    body = {
+        "model": "llama3.2",
+        "max_tokens": 3,
+        "system": "Be brief, café.",
+        "messages": [
+            {"role": "user", "content": "Weather in Zürich?"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Which day?"}]},
+            {"role": "user", "content": "today"},
+        ],
+        "tools": [{"name": "get_weather", "description": "Weather", "input_schema": schema}],
+        "stream": True,
+    }
+    raw = json.dumps(body)  # ", " and ": " separators: the schema's bytes count as sent
+    characters = (
+        len("Be brief, café.".encode())
+        + len("user") + len("Weather in Zürich?".encode())
+        + len("assistant") + len("Which day?")
+        + len("user") + len("today")
+        + len("get_weather") + len("Weather") + len(json.dumps(schema))
+    )  # fmt: skip
+    events = anthropic_events(
+        http.post("/v1/messages", content=raw, headers={"Content-Type": "application/json"}).text
+    )
+    assert events[0][1]["message"]["usage"]["input_tokens"] == characters // 4
+    tiny = {"model": "llama3.2", "max_tokens": 3, "stream": True}
+    tiny["messages"] = [{"role": "a", "content": ""}]
+    first = anthropic_events(http.post("/v1/messages", json=tiny).text)[0][1]
+    assert first["message"]["usage"]["input_tokens"] == 1  # at least 1 with any message
 
 
 # --- OpenAI Responses API -------------------------------------------------------------

@@ -5,13 +5,16 @@
         upstream.requests()          # what the emulator received (GET /_emulator/requests)
         upstream.stop(); upstream.start()   # same port
 
-Request flow: `app` (routing, request log, faults, error shapes) → `native` handlers
-(`openai_chat`, `openai_compat`, `responses_api`, `anthropic_compat` wrap them as
-Ollama's middlewares do) → `engine` paces the plan from `tokens` → `wire` writes it the
-way Go's net/http does. `catalog` holds the models, `gojson` the Go encoding rules.
+Request flow: `app` (routing, request log, faults, error shapes; the arrival time) →
+`native` handlers (`openai_chat`, `openai_compat`, `responses_api`, `anthropic_compat`,
+`audio` wrap them as Ollama's middlewares do) → `scheduler` loads the model and gives it a
+slot → `engine` paces the plan from `tokens`, sleeping every duration it reports → `wire`
+writes it the way Go's net/http does. `catalog` holds the models, `gojson` the Go
+encoding rules, `cloud` the account routes of a server no account is signed in to.
 
-Fault knobs are described in `faults`, control endpoints in `control`, and every metric
-is predictable with `tokens.expected_generation` (re-exported here).
+Fault knobs are described in `faults`, control endpoints in `control`, the live config
+in `config`; every count and every duration but total_duration (measured, at least
+`Expected.timed_duration`) is predictable with `tokens.expected_generation`.
 """
 
 from __future__ import annotations

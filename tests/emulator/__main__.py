@@ -1,6 +1,7 @@
 """Run the emulator until Ctrl-C/SIGTERM.
 
-`python -m tests.emulator --port N [--token-delay S] [--version V] [--openai-layout new|old]`
+`python -m tests.emulator --port N [--token-delay S] [--first-token-delay S]
+[--cold-load-delay S] [--num-parallel N] [--version V] [--openai-layout new|old]`
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--first-token-delay", type=float, default=0.0, help="extra seconds before the first chunk"
     )
+    parser.add_argument(
+        "--cold-load-delay", type=float, default=0.0, help="seconds a cold model load takes"
+    )
+    parser.add_argument(
+        "--num-parallel", type=int, default=0, help="OLLAMA_NUM_PARALLEL (0: no limit)"
+    )
     parser.add_argument("--version", default="0.33.0", help="version reported by /api/version")
     parser.add_argument("--openai-layout", choices=OPENAI_LAYOUTS, default="new")
     args = parser.parse_args(argv)
@@ -27,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
         version=args.version,
         openai_layout=args.openai_layout,
         first_token_delay=args.first_token_delay,
+        cold_load_delay=args.cold_load_delay,
+        num_parallel=args.num_parallel,
     )
     print(
         f"Ollama emulator {config.version} listening on http://{args.host}:{args.port}", flush=True

@@ -1,14 +1,14 @@
 """Anthropic Messages API (/v1/messages) on top of the native chat handler.
 
-Streams use `event: <name>\\ndata: <json>\\n\\n` framing in the order message_start,
+Streams use `event: <name>\ndata: <json>\n\n` framing in the order message_start,
 content_block_start/delta/stop per block (thinking, text, tool_use), message_delta
-(stop_reason + usage), message_stop. `message_start` carries an input-token estimate
-(`estimate_input_tokens`: ceil(characters / 4)); `message_delta` carries the real counts.
+(stop_reason + usage), message_stop, as anthropic/anthropic.go StreamConverter.Process
+builds them. `message_start` carries `EstimateInputTokens` (about len/4 of the request);
+`message_delta` the real counts. A runner failure mid-stream sends no event at all.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,6 +27,7 @@ from tests.emulator.wire import (
     Failure,
     GoResponse,
     StreamResponse,
+    arrival_of,
     encoder_json,
     sse_event,
 )
@@ -69,11 +70,107 @@ def _text_of(content: Any) -> str:
     return "".join(str(block.get("text", "")) for block in content or [] if isinstance(block, dict))
 
 
-def estimate_input_tokens(req: Mapping[str, Any]) -> int:
-    characters = len(_text_of(req.get("system")))
-    for message in req.get("messages") or []:
-        characters += len(_text_of(message.get("content")))
-    return math.ceil(characters / 4)
+def _go_len(text: Any) -> int:
+    """Go's len(string): UTF-8 bytes."""
+    return len(text.encode()) if isinstance(text, str) else 0
+
+
+def _sorted_maps(value: Any) -> Any:
+    """A decoded `any` marshals maps with sorted keys (Go map[string]any)."""
+    if isinstance(value, dict):
+        return {key: _sorted_maps(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_maps(item) for item in value]
+    return value
+
+
+_BLOCK_STRINGS = ("id", "name")
+_IMAGE_FIELDS = ("type", "media_type", "data", "url")
+_CITATION_FIELDS = ("type", "url", "title", "encrypted_index", "cited_text")
+
+
+def _block_json(block: Mapping[str, Any]) -> str:
+    """json.Marshal of an anthropic.ContentBlock decoded from `block` (struct field order,
+    omitempty / omitzero as declared)."""
+    out: dict[str, Any] = {"type": str(block.get("type") or "")}
+    if isinstance(block.get("text"), str):
+        out["text"] = block["text"]
+    citations = block.get("citations")
+    if isinstance(citations, list) and citations:
+        out["citations"] = [
+            {k: c.get(k, "") for k in _CITATION_FIELDS if k in ("type", "url", "title") or c.get(k)}
+            for c in citations
+            if isinstance(c, dict)
+        ]
+    source = block.get("source")
+    if isinstance(source, dict):
+        out["source"] = {
+            k: source.get(k, "") for k in _IMAGE_FIELDS if k == "type" or source.get(k)
+        }
+    for key in _BLOCK_STRINGS:
+        if block.get(key):
+            out[key] = block[key]
+    if isinstance(block.get("input"), dict):  # ordered map: top level keeps its order
+        out["input"] = {k: _sorted_maps(v) for k, v in block["input"].items()}
+    if block.get("tool_use_id"):
+        out["tool_use_id"] = block["tool_use_id"]
+    if block.get("content") is not None:
+        out["content"] = _sorted_maps(block["content"])
+    if block.get("is_error") is True:
+        out["is_error"] = True
+    if isinstance(block.get("thinking"), str):
+        out["thinking"] = block["thinking"]
+    if block.get("signature"):
+        out["signature"] = block["signature"]
+    return gojson.dumps(out)
+
+
+def _count_block(block: Mapping[str, Any]) -> int:
+    """anthropic/anthropic.go countContentBlock."""
+    total = _go_len(block.get("text")) + _go_len(block.get("thinking"))
+    if block.get("type") in ("tool_use", "tool_result"):
+        total += len(_block_json(block).encode())
+    return total
+
+
+def _count_any(content: Any) -> int:
+    """anthropic/anthropic.go countAnyContent (system: string, []any or anything else)."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return _go_len(content)
+    if isinstance(content, list):
+        return sum(_count_block(item) for item in content if isinstance(item, dict))
+    return len(gojson.dumps(_sorted_maps(content)).encode())
+
+
+def estimate_input_tokens(req: Mapping[str, Any], raw_body: str = "") -> int:
+    """anthropic/anthropic.go EstimateCountTokens: (len(system) + Σ (len(role) + content)
+    + Σ (len(name) + len(description) + len(raw input_schema))) / 4, at least 1 when
+    there are messages or a system prompt. Lengths are UTF-8 bytes; the input schema is
+    a json.RawMessage, so its bytes are counted exactly as the client sent them."""
+    total = _count_any(req.get("system"))
+    messages = req.get("messages") or []
+    for message in messages:
+        total += _go_len(message.get("role"))
+        content = message.get("content")
+        if content is None or isinstance(content, str):  # a string is one text block
+            total += _go_len(content or "")
+        else:
+            total += _count_any(content)
+    raw_tools = gojson.raw_elements(gojson.raw_members(raw_body).get("tools", ""))
+    for index, tool in enumerate(req.get("tools") or []):
+        raw = gojson.raw_members(raw_tools[index]) if index < len(raw_tools) else {}
+        schema = raw.get("input_schema", "")
+        if schema == "null":
+            schema = ""
+        if not raw and tool.get("input_schema") is not None:
+            schema = gojson.dumps(tool["input_schema"])
+        total += _go_len(tool.get("name")) + _go_len(tool.get("description")) + _go_len(schema)
+    tokens = total // 4
+    if tokens == 0 and (messages or req.get("system") is not None):
+        tokens = 1
+    return tokens
 
 
 def _native_messages(req: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -139,13 +236,20 @@ def _think(req: Mapping[str, Any], can_think: bool) -> bool | None:
     return False if thinking.get("type") == "disabled" else None
 
 
-def _stop_reason(item: Mapping[str, Any], used_tool: bool) -> str:
-    if used_tool:
+def map_stop_reason(reason: str, has_tool_calls: bool) -> str:
+    """anthropic/anthropic.go mapStopReason; "" means the field is omitted."""
+    if has_tool_calls:
         return "tool_use"
-    return "max_tokens" if item.get("done_reason") == "length" else "end_turn"
+    if reason == "stop":
+        return "end_turn"
+    if reason == "length":
+        return "max_tokens"
+    return "stop_sequence" if reason else ""
 
 
 class _MessagesFramer:
+    """anthropic/anthropic.go StreamConverter.Process: native chat objects → events."""
+
     media_type = SSE
     headers = SSE_HEADERS
 
@@ -153,98 +257,110 @@ class _MessagesFramer:
         self.id = message_id
         self.model = model
         self.input_estimate = input_estimate
-        self.started = False
-        self.block: str | None = None
-        self.index = -1
-        self.used_tool = False
+        self.first = True
+        self.index = 0
+        self.thinking_started = False
+        self.thinking_done = False
+        self.text_started = False
+        self.tools_sent: set[str] = set()
 
-    def _open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
-        frames = self._close()
-        self.index += 1
-        self.block = kind
-        start = {"type": "content_block_start", "index": self.index, "content_block": block}
-        return [*frames, sse_event("content_block_start", start)]
+    def _start(self, block: dict[str, Any]) -> bytes:
+        event = {"type": "content_block_start", "index": self.index, "content_block": block}
+        return sse_event("content_block_start", event)
 
-    def _close(self) -> list[bytes]:
-        if self.block is None:
-            return []
-        self.block = None
-        return [
-            sse_event("content_block_stop", {"type": "content_block_stop", "index": self.index})
-        ]
+    def _stop(self) -> bytes:
+        event = {"type": "content_block_stop", "index": self.index}
+        return sse_event("content_block_stop", event)
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
-        return sse_event(
-            "content_block_delta",
-            {"type": "content_block_delta", "index": self.index, "delta": delta},
-        )
+        event = {"type": "content_block_delta", "index": self.index, "delta": delta}
+        return sse_event("content_block_delta", event)
+
+    def _close_thinking(self) -> list[bytes]:
+        if not self.thinking_started or self.thinking_done:
+            return []
+        self.thinking_done = True
+        frame = self._stop()
+        self.index += 1
+        return [frame]
 
     def frames(self, item: dict[str, Any]) -> list[bytes]:
         frames: list[bytes] = []
-        if not self.started:
-            self.started = True
-            message: dict[str, Any] = {
+        if self.first:
+            self.first = False
+            # The first response's prompt_eval_count when it has one (a first chunk that is
+            # also the last), else the estimate. MessagesResponse: stop_* are omitempty.
+            input_tokens = item.get("prompt_eval_count", 0) or self.input_estimate
+            message = {
                 "id": self.id,
                 "type": "message",
                 "role": "assistant",
                 "model": self.model,
                 "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": self.input_estimate, "output_tokens": 0},
+                "usage": {"input_tokens": input_tokens, "output_tokens": 0},
             }
             frames.append(sse_event("message_start", {"type": "message_start", "message": message}))
         native = item.get("message", {})
-        if native.get("thinking"):
-            if self.block != "thinking":
-                frames += self._open("thinking", {"type": "thinking", "thinking": ""})
-            frames.append(self._delta({"type": "thinking_delta", "thinking": native["thinking"]}))
-        if native.get("content"):
-            if self.block != "text":
-                frames += self._open("text", {"type": "text", "text": ""})
-            frames.append(self._delta({"type": "text_delta", "text": native["content"]}))
+        thinking, content = native.get("thinking", ""), native.get("content", "")
+        if thinking and not self.thinking_done:
+            if self.text_started:
+                frames.append(self._stop())
+                self.index += 1
+                self.text_started = False
+            if not self.thinking_started:
+                self.thinking_started = True
+                frames.append(self._start({"type": "thinking", "thinking": ""}))
+            frames.append(self._delta({"type": "thinking_delta", "thinking": thinking}))
+        if content:
+            frames += self._close_thinking()
+            if not self.text_started:
+                self.text_started = True
+                frames.append(self._start({"type": "text", "text": ""}))
+            frames.append(self._delta({"type": "text_delta", "text": content}))
         for call in native.get("tool_calls", []):
-            self.used_tool = True
+            call_id = str(call.get("id", ""))
+            if call_id in self.tools_sent:
+                continue
+            frames += self._close_thinking()
+            if self.text_started:
+                frames.append(self._stop())
+                self.index += 1
+                self.text_started = False
             function = call["function"]
-            block = {
-                "type": "tool_use",
-                "id": call.get("id", ""),
-                "name": function["name"],
-                "input": {},
-            }
-            frames += self._open("tool_use", block)
-            frames.append(
-                self._delta(
-                    {
-                        "type": "input_json_delta",
-                        "partial_json": gojson.dumps(function["arguments"]),
-                    }
-                )
-            )
+            block: dict[str, Any] = {"type": "tool_use"}
+            block.update((k, v) for k, v in (("id", call_id), ("name", function["name"])) if v)
+            block["input"] = {}  # the arguments follow as one input_json_delta
+            partial = gojson.dumps(function["arguments"])
+            frames.append(self._start(block))
+            frames.append(self._delta({"type": "input_json_delta", "partial_json": partial}))
+            frames.append(self._stop())
+            self.tools_sent.add(call_id)
+            self.index += 1
         if item.get("done"):
-            frames += self._close()
+            if self.text_started or (self.thinking_started and not self.thinking_done):
+                frames.append(self._stop())
+            reason = map_stop_reason(item.get("done_reason", ""), bool(self.tools_sent))
             usage = {
                 "input_tokens": item.get("prompt_eval_count", 0),
                 "output_tokens": item.get("eval_count", 0),
             }
-            delta = {"stop_reason": _stop_reason(item, self.used_tool), "stop_sequence": None}
-            frames.append(
-                sse_event(
-                    "message_delta", {"type": "message_delta", "delta": delta, "usage": usage}
-                )
-            )
+            delta = {"stop_reason": reason} if reason else {}
+            event = {"type": "message_delta", "delta": delta, "usage": usage}
+            frames.append(sse_event("message_delta", event))
             frames.append(sse_event("message_stop", {"type": "message_stop"}))
         return frames
 
     def failure_frames(self, failure: Failure) -> list[bytes]:
-        error = {"type": "error", "error": {"type": "api_error", "message": failure.message}}
-        return [sse_event("error", error)]
+        # middleware/anthropic.go: the native {"error"} line decodes as an empty
+        # ChatResponse, for which Process emits nothing: no error event, no message_stop.
+        return []
 
     def failure_response(self, failure: Failure) -> GoResponse:
         return anthropic_error(failure.status, failure.message)
 
 
 def _message(message_id: str, model: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    """anthropic/anthropic.go ToMessagesResponse (content is null when empty)."""
     native = item.get("message", {})
     content: list[dict[str, Any]] = []
     if native.get("thinking"):
@@ -253,27 +369,25 @@ def _message(message_id: str, model: str, item: Mapping[str, Any]) -> dict[str, 
         content.append({"type": "text", "text": native["content"]})
     for call in native.get("tool_calls", []):
         function = call["function"]
-        content.append(
-            {
-                "type": "tool_use",
-                "id": call.get("id", ""),
-                "name": function["name"],
-                "input": function["arguments"],
-            }
-        )
-    return {
+        block: dict[str, Any] = {"type": "tool_use"}
+        block.update((k, v) for k, v in (("id", call.get("id")), ("name", function["name"])) if v)
+        block["input"] = function["arguments"]
+        content.append(block)
+    body: dict[str, Any] = {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": content,
-        "stop_reason": _stop_reason(item, bool(native.get("tool_calls"))),
-        "stop_sequence": None,
-        "usage": {
-            "input_tokens": item.get("prompt_eval_count", 0),
-            "output_tokens": item.get("eval_count", 0),
-        },
+        "content": content or None,
     }
+    reason = map_stop_reason(item.get("done_reason", ""), bool(native.get("tool_calls")))
+    if reason:
+        body["stop_reason"] = reason
+    body["usage"] = {
+        "input_tokens": item.get("prompt_eval_count", 0),
+        "output_tokens": item.get("eval_count", 0),
+    }
+    return body
 
 
 def _validate(req: Mapping[str, Any]) -> None:
@@ -281,14 +395,15 @@ def _validate(req: Mapping[str, Any]) -> None:
         raise ApiError(400, "model is required")
     max_tokens = req.get("max_tokens")
     if not isinstance(max_tokens, int | float) or max_tokens <= 0:
-        raise ApiError(400, "max_tokens is required and must be greater than 0")
+        raise ApiError(400, "max_tokens is required and must be positive")
     if not req.get("messages"):
         raise ApiError(400, "messages is required")
 
 
 async def messages(request: Request, state: EmulatorState, fault: Fault) -> Any:
+    raw = await request.body()
     try:
-        req = parsing.decode(await request.body(), _SCHEMA)
+        req = parsing.decode(raw, _SCHEMA)
         _validate(req)
     except gojson.MissingBody:
         return anthropic_error(400, "EOF")
@@ -316,14 +431,15 @@ async def messages(request: Request, state: EmulatorState, fault: Fault) -> Any:
         "think": _think(req, spec is not None and "thinking" in spec.capabilities),
     }
     try:
-        prepared = prepare_chat(state, native, fault)
+        prepared = await prepare_chat(state, native, fault, arrival_of(request.scope))
     except ApiError as err:
         return anthropic_error(err.status, err.message)
     message_id = f"msg_{secrets.token_hex(12)}"
     if prepared.items is None:
         return encoder_json(_message(message_id, model, prepared.special or {}))
     if prepared.stream:
-        framer = _MessagesFramer(message_id, model, estimate_input_tokens(req))
+        estimate = estimate_input_tokens(req, raw.decode("utf-8", "replace"))
+        framer = _MessagesFramer(message_id, model, estimate)
         return StreamResponse(prepared.items, framer)
     return CollectedResponse(
         prepared.items,

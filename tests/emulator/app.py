@@ -7,6 +7,7 @@ raised as `ApiError` are rendered once here, in the shape of the route's dialect
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.applications import Starlette
@@ -16,6 +17,8 @@ from starlette.types import Receive, Scope, Send
 
 from tests.emulator import (
     anthropic_compat,
+    audio,
+    cloud,
     models,
     native,
     openai_chat,
@@ -29,15 +32,16 @@ from tests.emulator.control import handle_control
 from tests.emulator.faults import FAULT_HEADER, parse_fault
 from tests.emulator.routing import Route, Router
 from tests.emulator.state import EmulatorState
-from tests.emulator.wire import ApiError, EmulatedReset, GoResponse, go_json, wait_for_disconnect
+from tests.emulator.wire import (
+    ARRIVAL,
+    ApiError,
+    EmulatedReset,
+    GoResponse,
+    go_json,
+    wait_for_disconnect,
+)
 
 __all__ = ["ROUTES", "create_app"]
-
-
-async def _signin_required(request: Request, state: EmulatorState, fault: Any) -> GoResponse:
-    raise ApiError(
-        401, "unauthorized", signin_url="https://ollama.com/connect?name=emulator&key=ZW11bGF0b3I"
-    )
 
 
 ROUTES: list[Route] = [
@@ -61,13 +65,24 @@ ROUTES: list[Route] = [
     Route("DELETE", "/api/delete", models.delete_model),
     Route("HEAD", "/api/blobs/:digest", transfer.head_blob),
     Route("POST", "/api/blobs/:digest", transfer.upload_blob),
-    Route("POST", "/api/me", _signin_required, min_version=(0, 12)),
+    Route("POST", "/api/me", cloud.signin_required, min_version=(0, 12)),
+    Route("POST", "/api/signout", cloud.signout, min_version=(0, 12)),
+    Route("DELETE", "/api/user/keys/:encodedKey", cloud.signout, min_version=(0, 12)),
+    Route("POST", "/api/experimental/web_search", cloud.web_experimental, min_version=(0, 18)),
+    Route("POST", "/api/experimental/web_fetch", cloud.web_experimental, min_version=(0, 18)),
+    Route(
+        "GET",
+        "/api/experimental/model-recommendations",
+        cloud.model_recommendations,
+        min_version=(0, 22, 1),
+    ),
     Route("POST", "/v1/chat/completions", openai_chat.chat_completions, "openai"),
     Route("POST", "/v1/completions", openai_compat.completions, "openai"),
     Route("POST", "/v1/embeddings", openai_compat.embeddings, "openai"),
     Route("GET", "/v1/models", openai_compat.list_models, "openai"),
     Route("GET", "/v1/models/:model", openai_compat.retrieve_model, "openai"),
     Route("POST", "/v1/responses", responses_api.responses, "openai", (0, 13, 3)),
+    Route("POST", "/v1/audio/transcriptions", audio.transcriptions, "openai", (0, 20)),
     Route("POST", "/v1/messages", anthropic_compat.messages, "anthropic", (0, 14)),
 ]
 
@@ -96,6 +111,8 @@ class Dispatcher:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        # checkpointStart: every duration the request reports is measured from here.
+        scope[ARRIVAL] = time.monotonic_ns()
         if scope["path"].startswith("/_emulator/"):
             response = await handle_control(Request(scope, receive), self.state)
             await response(scope, receive, send)

@@ -13,10 +13,19 @@ OPENAI_LAYOUTS = ("new", "old")
 
 @dataclass
 class EmulatorConfig:
+    """`token_delay`: the least time a streamed token takes (the model's own rate applies
+    when it is slower); `first_token_delay`: extra time before the first token, outside
+    every reported duration; `cold_load_delay`: what loading a model that is not in
+    /api/ps takes, inside its load_duration (0: cold and warm loads alike);
+    `num_parallel`: OLLAMA_NUM_PARALLEL, requests one model serves at once, the others
+    wait for a slot (0: no limit; Ollama's default is 1)."""
+
     token_delay: float = 0.0
     version: str = "0.33.0"
     openai_layout: str = "new"
     first_token_delay: float = 0.0
+    cold_load_delay: float = 0.0
+    num_parallel: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -24,18 +33,21 @@ class EmulatorConfig:
     def validate(self) -> None:
         if self.openai_layout not in OPENAI_LAYOUTS:
             raise ValueError(f"openai_layout must be one of {OPENAI_LAYOUTS}")
-        if self.token_delay < 0 or self.first_token_delay < 0:
+        if min(self.token_delay, self.first_token_delay, self.cold_load_delay) < 0:
             raise ValueError("delays must be >= 0")
+        if self.num_parallel < 0:
+            raise ValueError("num_parallel must be >= 0")
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update; unknown keys raise, so a typo in a test is loud."""
-        known = {f.name: f.type for f in fields(self)}
-        unknown = set(changes) - set(known)
+        unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         previous = asdict(self)
+        casts = {"float": float, "int": int, "str": str}
+        kinds = {f.name: casts[str(f.type)] for f in fields(self)}
         for key, value in changes.items():
-            setattr(self, key, float(value) if key.endswith("delay") else str(value))
+            setattr(self, key, kinds[key](value))
         try:
             self.validate()
         except ValueError:

@@ -1,23 +1,45 @@
-"""Paces a planned generation into steps, one per token, the way a runner emits them.
+"""Paces a planned generation into steps, one per streamed chunk, as a runner emits them.
 
-The plan (`tokens.Expected`) decides *what* is said; this module decides *when*
-(first_token_delay, token_delay, read live from the config) and injects faults.
+The plan (`tokens.Expected`) decides *what* is said; this module decides *when*, and
+every reported duration is really slept, so load + prompt_eval + eval <= total <= the
+time the request took:
+
+    arrival ─ load (Scheduler.load) ─ grant ─ slot wait ─ prompt eval ─ first_token_delay
+      ─ tokens (each at least its eval time, or token_delay when that is longer) ─ final
+
+total_duration is measured from the request's arrival (time.monotonic_ns) to the final
+chunk, as server/routes.go stamps it; load is the model's figure (or measured, for a cold
+load), prompt_eval and eval the plan's.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
 
+from tests.emulator.catalog import ModelSpec
 from tests.emulator.config import EmulatorConfig
 from tests.emulator.faults import Fault
+from tests.emulator.scheduler import Scheduler, sleep_until
 from tests.emulator.tokens import Expected
 from tests.emulator.wire import EmulatedReset, Failure
 
-__all__ = ["Step", "run_steps"]
+__all__ = ["Run", "Step", "paced", "run_steps"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """Who runs one generation: the model, the scheduler, when the request arrived."""
+
+    spec: ModelSpec
+    scheduler: Scheduler
+    config: EmulatorConfig
+    arrival_ns: int
+    keep_alive_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -26,13 +48,27 @@ class Step:
     content: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     final: bool = False
+    pieces: tuple[str, ...] = ()  # the tokens shown (for logprobs)
+    tokens: int = 0  # tokens generated for this step, shown or not
+    total_ns: int = 0  # final step: total_duration, measured
+    load_ns: int = 0  # final step: load_duration
 
 
 def _planned(plan: Expected) -> list[Step]:
-    steps = [Step(thinking=token) for token in plan.thinking_tokens]
-    steps += [Step(content=token) for token in plan.text_tokens]
-    steps += [Step(tool_calls=[call]) for call in plan.tool_calls]
-    return [*steps, Step(final=True)]
+    steps = [
+        Step(thinking=c.thinking, content=c.content, pieces=c.pieces, tokens=c.tokens)
+        for c in plan.chunks
+    ]
+    final = plan.final
+    last = Step(
+        thinking=final.thinking,
+        content=final.content,
+        tool_calls=list(plan.tool_calls),
+        final=True,
+        pieces=final.pieces,
+        tokens=final.tokens,
+    )
+    return [*steps, last]
 
 
 async def _sleep(seconds: float) -> None:
@@ -40,20 +76,32 @@ async def _sleep(seconds: float) -> None:
         await anyio.sleep(seconds)
 
 
-async def run_steps(
-    plan: Expected, config: EmulatorConfig, fault: Fault
-) -> AsyncIterator[Step | Failure]:
+async def run_steps(plan: Expected, run: Run, fault: Fault) -> AsyncIterator[Step | Failure]:
     """Yield the steps; a fault at index N replaces step N (the final step included)."""
-    await _sleep(config.first_token_delay)
-    for index, step in enumerate(_planned(plan)):
-        if index:
-            await _sleep(config.token_delay)
-        if fault.reset_after == index:
-            raise EmulatedReset(f"reset after {index} chunks")
-        if fault.fail_after == index:
-            yield Failure()
-            return
-        yield step
+    config = run.config
+    load_ns = await run.scheduler.load(run.spec, run.keep_alive_ns, run.arrival_ns)
+    async with run.scheduler.slot(run.spec.name):
+        await sleep_until(time.monotonic_ns() + plan.prompt_eval_duration)
+        await _sleep(config.first_token_delay)
+        per_token = run.spec.eval_ns_per_token
+        interval = max(per_token, int(config.token_delay * 1e9))
+        cursor = time.monotonic_ns()
+        for index, step in enumerate(_planned(plan)):
+            # The first token comes at the model's pace; then each token takes the interval.
+            if index == 0 and step.tokens:
+                cursor += per_token + (step.tokens - 1) * interval
+            else:
+                cursor += step.tokens * interval
+            await sleep_until(cursor)
+            if fault.reset_after == index:
+                raise EmulatedReset(f"reset after {index} chunks")
+            if fault.fail_after == index:
+                yield Failure()
+                return
+            if step.final:
+                total = time.monotonic_ns() - run.arrival_ns
+                step = replace(step, total_ns=total, load_ns=load_ns)
+            yield step
 
 
 async def paced(items: list[Any], config: EmulatorConfig) -> AsyncIterator[Any]:

@@ -23,6 +23,8 @@ __all__ = [
     "decode_object",
     "dumps",
     "dumps_bytes",
+    "raw_elements",
+    "raw_members",
     "rfc3339nano",
     "rfc3339nano_local",
 ]
@@ -260,6 +262,53 @@ def decode_object(raw: bytes, go_type: str) -> dict[str, Any]:
             f"json: cannot unmarshal {json_kind(value)} into Go value of type {go_type}"
         )
     return value
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_scanstring: Any = getattr(json.decoder, "scanstring")  # noqa: B009 - untyped in typeshed
+
+
+def _skip(text: str, position: int) -> int:
+    match = _WHITESPACE.match(text, position)
+    return match.end() if match else position
+
+
+def raw_members(text: str, start: int = 0) -> dict[str, str]:
+    """The members of the JSON object at `start` as their raw source text (what Go keeps in
+    a json.RawMessage field: the bytes exactly as sent). {} when it is not an object."""
+    position = _skip(text, start)
+    members: dict[str, str] = {}
+    if text[position : position + 1] != "{":
+        return members
+    position = _skip(text, position + 1)
+    while text[position : position + 1] == '"':
+        key, position = _scanstring(text, position + 1)
+        position = _skip(text, position)
+        position = _skip(text, position + 1)  # the colon
+        _, end = _DECODER.raw_decode(text, position)
+        members[key] = text[position:end]
+        position = _skip(text, end)
+        if text[position : position + 1] != ",":
+            break
+        position = _skip(text, position + 1)
+    return members
+
+
+def raw_elements(text: str) -> list[str]:
+    """The elements of a raw JSON array as raw source text; [] when it is not an array."""
+    position = _skip(text, 0)
+    elements: list[str] = []
+    if text[position : position + 1] != "[":
+        return elements
+    position = _skip(text, position + 1)
+    while position < len(text) and text[position] != "]":
+        _, end = _DECODER.raw_decode(text, position)
+        elements.append(text[position:end])
+        position = _skip(text, end)
+        if text[position : position + 1] != ",":
+            break
+        position = _skip(text, position + 1)
+    return elements
 
 
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")

@@ -25,7 +25,7 @@ __all__ = [
     "version",
 ]
 
-_DEFAULT_NUM_CTX = 4096
+_DEFAULT_NUM_CTX = parsing.DEFAULT_NUM_CTX
 
 
 async def root(request: Request, state: EmulatorState, fault: Fault) -> GoResponse:
@@ -159,6 +159,7 @@ async def copy_model(request: Request, state: EmulatorState, fault: Fault) -> Go
 
 async def delete_model(request: Request, state: EmulatorState, fault: Fault) -> GoResponse:
     req = parsing.decode_native(await request.body(), parsing.DELETE)
+    # server/routes.go DeleteHandler: cmp.Or(r.Model, r.Name), the deprecated `name`.
     model = str(req.get("model") or req.get("name") or "")
     if normalize(model) is None:
         raise ApiError(400, f"name {go_quote(model)} is invalid")

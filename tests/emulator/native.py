@@ -8,8 +8,9 @@ Ollama's middlewares wrap the native handlers.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -17,14 +18,15 @@ from starlette.requests import Request
 
 from tests.emulator import gojson, parsing
 from tests.emulator.catalog import ModelSpec, full_name, normalize
-from tests.emulator.engine import Step, run_steps
+from tests.emulator.engine import Run, Step, run_steps
 from tests.emulator.faults import Fault
+from tests.emulator.scheduler import sleep_until
 from tests.emulator.state import EmulatorState
 from tests.emulator.tokens import (
     WORDS,
     Expected,
     count_text_tokens,
-    embed_duration,
+    embed_prompt_duration,
     embed_prompt_tokens,
     embedding_vector,
     legacy_embedding,
@@ -39,6 +41,7 @@ from tests.emulator.wire import (
     GoResponse,
     Item,
     StreamResponse,
+    arrival_of,
     go_json,
 )
 
@@ -82,8 +85,18 @@ class Prepared:
     special: dict[str, Any] | None = None  # the load/unload object
 
 
-def _metrics(plan: Expected) -> dict[str, int]:
-    values = {key: getattr(plan, key) for key in _METRIC_KEYS}
+def _metrics(plan: Expected, step: Step) -> dict[str, int]:
+    """api.Metrics of the final chunk: total and load from the run (server/routes.go
+    stamps them: time.Since(checkpointStart), checkpointLoaded - checkpointStart), the
+    counts and the eval durations from the plan (llama-server's timings)."""
+    values = {
+        "total_duration": step.total_ns,
+        "load_duration": step.load_ns,
+        "prompt_eval_count": plan.prompt_eval_count,
+        "prompt_eval_duration": plan.prompt_eval_duration,
+        "eval_count": plan.eval_count,
+        "eval_duration": plan.eval_duration,
+    }
     return {key: value for key, value in values.items() if value}  # omitempty
 
 
@@ -145,22 +158,38 @@ def _special(model: str, kind: str, reason: str) -> dict[str, Any]:
     return {**body, "done": True, "done_reason": reason}
 
 
-def _generate_chunk(model: str, plan: Expected, step: Step, raw: bool) -> dict[str, Any]:
-    chunk: dict[str, Any] = {"model": model, "created_at": gojson.rfc3339nano(), "response": ""}
+Logprobs = list[dict[str, Any]] | None
+
+
+def _generate_chunk(
+    model: str, plan: Expected, step: Step, raw: bool, logprobs: Logprobs
+) -> dict[str, Any]:
+    """api.GenerateResponse. The final one can carry text (llm/llama_server.go Completion:
+    the stop event's content), but never logprobs (finalResp gets none)."""
+    chunk: dict[str, Any] = {
+        "model": model,
+        "created_at": gojson.rfc3339nano(),
+        "response": step.content,
+    }
+    if step.thinking:
+        chunk["thinking"] = step.thinking
+    chunk["done"] = step.final
     if step.final:
-        chunk.update(done=True, done_reason=plan.done_reason)
+        if plan.done_reason:  # omitempty
+            chunk["done_reason"] = plan.done_reason
         if not raw:
             chunk["context"] = plan.context
-        chunk.update(_metrics(plan))
-    else:
-        chunk["response"] = step.content
-        if step.thinking:
-            chunk["thinking"] = step.thinking
-        chunk["done"] = False
+        chunk.update(_metrics(plan, step))
+        if step.tool_calls:
+            chunk["tool_calls"] = step.tool_calls
+    elif logprobs:
+        chunk["logprobs"] = logprobs
     return chunk
 
 
-def _chat_chunk(model: str, plan: Expected, step: Step) -> dict[str, Any]:
+def _chat_chunk(model: str, plan: Expected, step: Step, logprobs: Logprobs) -> dict[str, Any]:
+    """api.ChatResponse. llm/llama_server.go Chat: the final one carries the last delta
+    (text, thinking, logprobs) and every tool call, accumulated until then."""
     message: dict[str, Any] = {"role": "assistant", "content": step.content}
     if step.thinking:
         message["thinking"] = step.thinking
@@ -172,39 +201,48 @@ def _chat_chunk(model: str, plan: Expected, step: Step) -> dict[str, Any]:
         "message": message,
         "done": step.final,
     }
-    if step.final:
+    if step.final and plan.done_reason:  # omitempty
         chunk["done_reason"] = plan.done_reason
-        chunk.update(_metrics(plan))
+    if logprobs:
+        chunk["logprobs"] = logprobs
+    if step.final:
+        chunk.update(_metrics(plan, step))
     return chunk
 
 
 async def _items(
     steps: AsyncIterator[Step | Failure],
     top: int | None,
-    chunk_of: Callable[[Step], dict[str, Any]],
+    chunk_of: Callable[[Step, Logprobs], dict[str, Any]],
 ) -> AsyncIterator[Item]:
-    """One native object a step; a runner failure ends the stream; logprobs on request."""
+    """One native object a step; a runner failure ends the stream; logprobs on request,
+    one entry for each token a step shows."""
     position = 0
     async for step in steps:
         if isinstance(step, Failure):
             yield step
             return
-        chunk = chunk_of(step)
-        if not step.final and top is not None and step.content:
-            chunk["logprobs"] = _logprobs(step.content, position, top)
-            position += 1
-        yield chunk
+        logprobs: Logprobs = None
+        if top is not None and step.pieces:
+            logprobs = [
+                entry
+                for offset, piece in enumerate(step.pieces)
+                for entry in _logprobs(piece, position + offset, top)
+            ]
+            position += len(step.pieces)
+        yield chunk_of(step, logprobs)
 
 
-# (spec, num_predict, think) -> the plan; (plan, step) -> one native response object.
-_Planner = Callable[[ModelSpec, int | None, bool | None], Expected]
-_Chunker = Callable[[Expected, Step], dict[str, Any]]
+# (spec, num_predict, think, logprobs) -> the plan; (plan, step, logprobs) -> one object.
+_Planner = Callable[[ModelSpec, int | None, bool | None, bool], Expected]
+_Chunker = Callable[[Expected, Step, Logprobs], dict[str, Any]]
 
 
-def _prepare(
+async def _prepare(
     state: EmulatorState,
     req: Mapping[str, Any],
     fault: Fault,
+    arrival_ns: int,
     model: str,
     verb: str,
     has_input: bool,
@@ -225,16 +263,28 @@ def _prepare(
         return Prepared(model, spec, stream, special=_special(model, verb, "unload"))
     _capabilities(spec, model, want, verb)
     _check_think(spec, model, think)
-    state.catalog.touch(spec, keep_alive)
     if not has_input:
+        await state.scheduler.load(spec, keep_alive, arrival_ns)
         return Prepared(model, spec, stream, special=_special(model, verb, "load"))
-    plan = planner(spec, parsing.num_predict(options), think)
-    steps = run_steps(plan, state.config, fault.with_options(options))
-    items = _items(steps, top, lambda step: chunk_of(plan, step))
+    plan = planner(spec, parsing.num_predict(options), think, top is not None)
+    if fault.done_reason is not None:
+        plan = replace(plan, done_reason=fault.done_reason)
+    run = Run(spec, state.scheduler, state.config, arrival_ns, keep_alive)
+    steps = run_steps(plan, run, fault.with_options(options))
+    items = _items(steps, top, lambda step, logprobs: chunk_of(plan, step, logprobs))
     return Prepared(model, spec, stream, plan, items)
 
 
-def prepare_generate(state: EmulatorState, req: Mapping[str, Any], fault: Fault) -> Prepared:
+def _num_keep(options: Mapping[str, Any] | None) -> int:
+    value = (options or {}).get("num_keep")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return 4  # api/types.go DefaultOptions
+
+
+async def prepare_generate(
+    state: EmulatorState, req: Mapping[str, Any], fault: Fault, arrival_ns: int
+) -> Prepared:
     top = _check_top_logprobs(req)
     model = str(req.get("model") or "")
     if not model:
@@ -244,7 +294,9 @@ def prepare_generate(state: EmulatorState, req: Mapping[str, Any], fault: Fault)
         raise ApiError(400, "raw mode does not support template, system, or context")
     prompt = str(req.get("prompt") or "")
 
-    def planner(spec: ModelSpec, num_predict: int | None, think: bool | None) -> Expected:
+    def planner(
+        spec: ModelSpec, num_predict: int | None, think: bool | None, logprobs: bool
+    ) -> Expected:
         return plan_generation(
             spec,
             model,
@@ -254,23 +306,29 @@ def prepare_generate(state: EmulatorState, req: Mapping[str, Any], fault: Fault)
             system=str(req.get("system") or ""),
             raw=raw,
             context=list(req.get("context") or []),
+            logprobs=logprobs,
+            num_ctx=parsing.num_ctx(req.get("options"), spec.parameters, spec.context_length),
+            num_keep=_num_keep(req.get("options")),
         )
 
-    return _prepare(
+    return await _prepare(
         state,
         req,
         fault,
+        arrival_ns,
         model,
         "generate",
         bool(prompt),
         ["insert"] if req.get("suffix") else [],
         top,
         planner,
-        lambda plan, step: _generate_chunk(model, plan, step, raw),
+        lambda plan, step, logprobs: _generate_chunk(model, plan, step, raw, logprobs),
     )
 
 
-def prepare_chat(state: EmulatorState, req: Mapping[str, Any], fault: Fault) -> Prepared:
+async def prepare_chat(
+    state: EmulatorState, req: Mapping[str, Any], fault: Fault, arrival_ns: int
+) -> Prepared:
     top = _check_top_logprobs(req)
     model = str(req.get("model") or "")
     if not model:
@@ -278,20 +336,25 @@ def prepare_chat(state: EmulatorState, req: Mapping[str, Any], fault: Fault) -> 
     messages = [{**m, "role": str(m.get("role") or "").lower()} for m in req.get("messages") or []]
     tools = list(req.get("tools") or [])
 
-    def planner(spec: ModelSpec, num_predict: int | None, think: bool | None) -> Expected:
-        return plan_generation(spec, model, messages, num_predict, think=think, tools=tools)
+    def planner(
+        spec: ModelSpec, num_predict: int | None, think: bool | None, logprobs: bool
+    ) -> Expected:
+        return plan_generation(
+            spec, model, messages, num_predict, think=think, tools=tools, logprobs=logprobs
+        )
 
-    return _prepare(
+    return await _prepare(
         state,
         req,
         fault,
+        arrival_ns,
         model,
         "chat",
         bool(messages),
         ["tools"] if tools else [],
         top,
         planner,
-        lambda plan, step: _chat_chunk(model, plan, step),
+        lambda plan, step, logprobs: _chat_chunk(model, plan, step, logprobs),
     )
 
 
@@ -330,8 +393,9 @@ def collect_chat(items: list[dict[str, Any]]) -> dict[str, Any]:
         "created_at": last["created_at"],
         "message": message,
         "done": True,
-        "done_reason": last.get("done_reason", "stop"),
     }
+    if last.get("done_reason"):
+        result["done_reason"] = last["done_reason"]
     logprobs = [lp for i in items for lp in i.get("logprobs", [])]
     if logprobs:
         result["logprobs"] = logprobs
@@ -370,12 +434,14 @@ def respond_native(
 
 async def generate(request: Request, state: EmulatorState, fault: Fault) -> Any:
     req = parsing.decode_native(await request.body(), parsing.GENERATE)
-    return respond_native(prepare_generate(state, req, fault), collect_generate)
+    prepared = await prepare_generate(state, req, fault, arrival_of(request.scope))
+    return respond_native(prepared, collect_generate)
 
 
 async def chat(request: Request, state: EmulatorState, fault: Fault) -> Any:
     req = parsing.decode_native(await request.body(), parsing.CHAT)
-    return respond_native(prepare_chat(state, req, fault), collect_chat)
+    prepared = await prepare_chat(state, req, fault, arrival_of(request.scope))
+    return respond_native(prepared, collect_chat)
 
 
 def _embed_lookup(state: EmulatorState, model: str) -> ModelSpec:
@@ -394,7 +460,11 @@ class EmbedResult:
     load_duration: int
 
 
-async def prepare_embed(state: EmulatorState, req: Mapping[str, Any]) -> EmbedResult:
+async def prepare_embed(
+    state: EmulatorState, req: Mapping[str, Any], arrival_ns: int
+) -> EmbedResult:
+    """server/routes.go EmbedHandler: load_duration to the grant, total to the answer;
+    both really slept (the slot is taken for the prompt evaluation)."""
     model = str(req.get("model") or "")
     spec = _embed_lookup(state, model)
     parsing.validate_options(req.get("options"))
@@ -412,22 +482,23 @@ async def prepare_embed(state: EmulatorState, req: Mapping[str, Any]) -> EmbedRe
         count_text_tokens(text) > spec.context_length for text in inputs
     ):
         raise ApiError(400, "the input length exceeds the context length")
-    state.catalog.touch(spec, keep_alive)
-    if state.config.first_token_delay:
-        await anyio.sleep(state.config.first_token_delay)
+    load = await state.scheduler.load(spec, keep_alive, arrival_ns)
+    count = embed_prompt_tokens(inputs)
+    async with state.scheduler.slot(spec.name):
+        await sleep_until(time.monotonic_ns() + embed_prompt_duration(spec, count))
+        if state.config.first_token_delay:
+            await anyio.sleep(state.config.first_token_delay)
     dimensions = req.get("dimensions") or None
     vectors = [
         [gojson.F32(v) for v in embedding_vector(model, text, dimensions, spec=spec)]
         for text in inputs
     ]
-    count = embed_prompt_tokens(inputs)
-    total, load = embed_duration(model, count, spec=spec)
-    return EmbedResult(model, vectors, count, total, load)
+    return EmbedResult(model, vectors, count, time.monotonic_ns() - arrival_ns, load)
 
 
 async def embed(request: Request, state: EmulatorState, fault: Fault) -> Any:
     req = parsing.decode_native(await request.body(), parsing.EMBED)
-    result = await prepare_embed(state, req)
+    result = await prepare_embed(state, req, arrival_of(request.scope))
     body: dict[str, Any] = {"model": result.model, "embeddings": result.vectors}
     if result.vectors:
         body.update(
@@ -447,5 +518,5 @@ async def embeddings(request: Request, state: EmulatorState, fault: Fault) -> An
     prompt = str(req.get("prompt") or "")
     if not prompt:
         return go_json({"embedding": []})
-    state.catalog.touch(spec, keep_alive)
+    await state.scheduler.load(spec, keep_alive, arrival_of(request.scope))
     return go_json({"embedding": legacy_embedding(model, prompt, spec=spec)})

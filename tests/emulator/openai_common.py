@@ -150,7 +150,8 @@ def collected(prepared: Prepared, finish: Any) -> CollectedResponse:
 class ChunkFramer:
     """Base of the /v1/chat/completions and /v1/completions stream framers.
 
-    Layout "new": `created` is fixed for the stream; "old": it is the time of each chunk.
+    Chat, layout "new": `created` is the first response's, pinned; otherwise (old chat
+    layout, and every /v1/completions chunk) it is the time of each chunk.
     """
 
     media_type = SSE
@@ -161,10 +162,10 @@ class ChunkFramer:
         self.model = model
         self.old = layout == "old"
         self.include_usage = include_usage
-        self.created = int(time.time())
+        self.pinned: int | None = None
 
     def _created(self) -> int:
-        return int(time.time()) if self.old else self.created
+        return int(time.time()) if self.pinned is None else self.pinned
 
     def failure_response(self, failure: Failure) -> GoResponse:
         return openai_error(failure.status, failure.message)

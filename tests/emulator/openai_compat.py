@@ -34,6 +34,7 @@ from tests.emulator.wire import (
     GoResponse,
     Item,
     StreamResponse,
+    arrival_of,
     encoder_json,
     sse_data,
 )
@@ -76,6 +77,8 @@ class _CompletionFramer(ChunkFramer):
         return chunk
 
     def frames(self, item: dict[str, Any]) -> list[bytes]:
+        # openai/openai.go ToCompleteChunk: finish_reason is done_reason passed through
+        # (empty → null) and `created` is time.Now() for every chunk, in either layout.
         chunk = self._chunk(item.get("response", ""), item.get("done_reason") or None)
         chunks = [chunk]
         if item.get("done") and self.include_usage:
@@ -125,7 +128,7 @@ async def completions(request: Request, state: EmulatorState, fault: Fault) -> A
         "options": options,
     }
     try:
-        prepared = prepare_generate(state, native, fault)
+        prepared = await prepare_generate(state, native, fault, arrival_of(request.scope))
     except ApiError as err:
         return openai_error(err.status, err.message)
     chunk_id = completion_id("cmpl")
@@ -165,7 +168,7 @@ async def embeddings(request: Request, state: EmulatorState, fault: Fault) -> An
         "dimensions": req.get("dimensions"),
     }
     try:
-        result = await prepare_embed(state, native)
+        result = await prepare_embed(state, native, arrival_of(request.scope))
     except ApiError as err:
         return openai_error(err.status, err.message)
     data = []

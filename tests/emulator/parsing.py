@@ -19,6 +19,7 @@ __all__ = [
     "GENERATE",
     "INT",
     "PULL",
+    "PUSH",
     "SHOW",
     "STR",
     "Schema",
@@ -112,6 +113,10 @@ SHOW = Schema(
 )
 PULL = Schema(
     "api.PullRequest",
+    {"model": STR, "name": STR, "insecure": BOOL, "stream": BOOL},
+)
+PUSH = Schema(
+    "api.PushRequest",
     {"model": STR, "name": STR, "insecure": BOOL, "stream": BOOL},
 )
 COPY = Schema("api.CopyRequest", {"source": STR, "destination": STR})
@@ -245,6 +250,24 @@ def validate_options(options: Mapping[str, Any] | None) -> None:
                 raise ApiError(400, f'option "{key}" must be of type array')
             if not all(isinstance(item, str) for item in value):
                 raise ApiError(400, f'option "{key}" must be of an array of strings')
+
+
+def num_ctx(options: Mapping[str, Any] | None, spec_parameters: str, trained: int) -> int:
+    """The context a request runs with: its `num_ctx`, else the Modelfile's, else the
+    VRAM-tier default of a CPU-only machine (4096; server/routes.go `defaultNumCtx`), capped
+    at the model's trained context (llm/llama_server.go `NewLlamaServer`)."""
+    value = (options or {}).get("num_ctx")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return min(value, trained)
+    for line in spec_parameters.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == "num_ctx":
+            return min(int(words[1]), trained)
+    value = DEFAULT_NUM_CTX
+    return min(value, trained)
+
+
+DEFAULT_NUM_CTX = 4096
 
 
 def num_predict(options: Mapping[str, Any] | None) -> int | None:

@@ -34,6 +34,7 @@ from tests.emulator.wire import (
     Failure,
     GoResponse,
     StreamResponse,
+    arrival_of,
     encoder_json,
     sse_event,
 )
@@ -411,7 +412,9 @@ class _ResponsesFramer:
         return frames
 
     def failure_frames(self, failure: Failure) -> list[bytes]:
-        return []  # the error line decodes as an empty ChatResponse: no events at all
+        # middleware/openai.go ResponsesWriter: the error line decodes as an empty
+        # ChatResponse, which the converter turns into no event at all (no response.failed).
+        return []
 
     def failure_response(self, failure: Failure) -> GoResponse:
         return openai_error(failure.status, failure.message)
@@ -474,7 +477,7 @@ async def responses(request: Request, state: EmulatorState, fault: Fault) -> Any
     if req.get("max_output_tokens") is not None:
         native["options"]["num_predict"] = req["max_output_tokens"]
     try:
-        prepared = prepare_chat(state, native, fault)
+        prepared = await prepare_chat(state, native, fault, arrival_of(request.scope))
     except ApiError as err:
         return openai_error(err.status, err.message)
     model = str(native["model"])

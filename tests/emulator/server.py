@@ -101,6 +101,7 @@ class EmulatorServer:
             sys.executable, "-m", "tests.emulator",
             "--host", self.host, "--port", str(self.port),
             "--token-delay", str(c.token_delay), "--first-token-delay", str(c.first_token_delay),
+            "--cold-load-delay", str(c.cold_load_delay), "--num-parallel", str(c.num_parallel),
             "--version", c.version, "--openai-layout", c.openai_layout,
         ]  # fmt: skip
 
@@ -174,7 +175,7 @@ class EmulatorServer:
         reset_emulator(self.url, catalog=catalog)
 
     def configure(self, **changes: Any) -> dict[str, Any]:
-        """Change the live config (token_delay, first_token_delay, openai_layout, version)."""
+        """Change the live config (the fields of EmulatorConfig)."""
         response = httpx.post(f"{self.url}/_emulator/config", json=changes, timeout=5)
         response.raise_for_status()
         for key, value in changes.items():

@@ -15,11 +15,18 @@ so these functions are the single source of truth. The rules:
   Without `num_predict` there are `DEFAULT_EVAL_COUNT` text tokens and done_reason
   "stop"; with `num_predict` = N > 0 exactly N tokens are produced in total (thinking
   counts), done_reason "length" (a tool call is only made when N leaves room after it).
-* One streamed chunk per token (a tool call is one chunk), then a final metrics chunk.
+* Chunks (`Expected.chunks`, then `Expected.final`): mostly one token a chunk, but as
+  llama-server streams them, some chunks carry two tokens (never the first chunk), and
+  sometimes the final `done: true` chunk carries the last token, so the number of
+  chunks is below `eval_count`. A tool call's tokens show in no chunk: the calls ride
+  the final chunk (llm/llama_server.go Chat accumulates them), unless logprobs were
+  asked, when each of its tokens is a chunk with only logprobs.
 * The words are a function of (normalised model name, last user message / prompt) via
   SHA-256, so `llama3.2` and `llama3.2:latest` generate the same text.
 * Durations (integer ns): load = per model; prompt_eval = prompt tokens × per-token ns;
-  eval = eval_count × per-token ns; total = load + prompt_eval + eval + OVERHEAD_NS.
+  eval = eval_count × per-token ns. The emulator sleeps them for real, and measures
+  total_duration, which is at least `Expected.timed_duration` (load + prompt_eval + eval)
+  and at most the time the request took (see `engine`).
 * Embeddings: `embed_prompt_tokens(inputs)` = Σ (count_text_tokens(input) + 2).
 """
 
@@ -36,15 +43,15 @@ from tests.emulator.catalog import ModelSpec, normalize, spec_for
 
 __all__ = [
     "DEFAULT_EVAL_COUNT",
-    "OVERHEAD_NS",
     "PER_MESSAGE_OVERHEAD",
     "TEMPLATE_OVERHEAD",
     "THINKING_TOKENS",
     "TOOL_CALL_TOKENS",
+    "Chunk",
     "Expected",
     "chat_prompt_tokens",
     "count_text_tokens",
-    "embed_duration",
+    "embed_prompt_duration",
     "embed_prompt_tokens",
     "embedding_vector",
     "expected_generation",
@@ -61,7 +68,6 @@ TOOL_CALL_TOKENS = 9
 TEMPLATE_OVERHEAD = 18
 PER_MESSAGE_OVERHEAD = 4
 EMBED_PER_INPUT_OVERHEAD = 2
-OVERHEAD_NS = 3_512_083
 
 # A few entries exercise Go's HTML escaping (\u0026, \u003c) and raw UTF-8 output.
 WORDS = (
@@ -80,6 +86,20 @@ THINKING_WORDS = (
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """What one streamed native object carries: its text and the tokens behind it."""
+
+    thinking: str = ""
+    content: str = ""
+    pieces: tuple[str, ...] = ()  # the tokens it shows, in order (their logprobs)
+    hidden: int = 0  # tokens generated before it that no chunk shows (a tool call's)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.pieces) + self.hidden
+
+
+@dataclass(frozen=True)
 class Expected:
     """Everything a request's response will contain, computed without the server."""
 
@@ -91,9 +111,10 @@ class Expected:
     load_duration: int
     prompt_eval_duration: int
     eval_duration: int
-    total_duration: int
     done_reason: str
     context: list[int] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)  # the lines before the final one
+    final: Chunk = field(default_factory=Chunk)  # what the `done: true` line carries
 
     @property
     def text(self) -> str:
@@ -104,9 +125,14 @@ class Expected:
         return "".join(self.thinking_tokens)
 
     @property
+    def timed_duration(self) -> int:
+        """What total_duration is at least: load + prompt_eval + eval."""
+        return self.load_duration + self.prompt_eval_duration + self.eval_duration
+
+    @property
     def chunk_count(self) -> int:
-        """Streamed lines before the final `done: true` line."""
-        return len(self.thinking_tokens) + len(self.text_tokens) + len(self.tool_calls)
+        """Streamed lines before the final `done: true` line (fewer than eval_count)."""
+        return len(self.chunks)
 
 
 def count_text_tokens(text: str) -> int:
@@ -142,13 +168,9 @@ def embed_prompt_tokens(inputs: str | Sequence[str]) -> int:
     return sum(count_text_tokens(item) + EMBED_PER_INPUT_OVERHEAD for item in items if item)
 
 
-def embed_duration(
-    model: str, prompt_tokens: int, *, spec: ModelSpec | None = None
-) -> tuple[int, int]:
-    """(total_duration, load_duration) reported by /api/embed."""
-    spec = spec or spec_for(model)
-    load = spec.load_duration_ns
-    return load + prompt_tokens * spec.prompt_ns_per_token + OVERHEAD_NS, load
+def embed_prompt_duration(spec: ModelSpec, prompt_tokens: int) -> int:
+    """How long /api/embed evaluates its inputs (inside total_duration, after the load)."""
+    return prompt_tokens * spec.prompt_ns_per_token
 
 
 def _stream(seed: str, salt: str) -> bytes:
@@ -199,6 +221,64 @@ def _seed_text(prompt: str | Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
+_MERGE_ONE_IN = 4  # about one chunk in four carries a second token
+_FINAL_CARRIES_ONE_IN = 3  # about one answer in three ends on a final chunk with text
+
+
+def _call_pieces(call: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tool call's text cut into TOOL_CALL_TOKENS tokens (what their logprobs show)."""
+    function = call["function"]
+    text = json.dumps(
+        {"name": function["name"], "arguments": function["arguments"]},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    size = -(-len(text) // TOOL_CALL_TOKENS)
+    pieces = [text[i * size : (i + 1) * size] for i in range(TOOL_CALL_TOKENS)]
+    return tuple(pieces)
+
+
+def _chunking(
+    seed: str,
+    thinking: Sequence[str],
+    text: Sequence[str],
+    calls: Sequence[Mapping[str, Any]],
+    logprobs: bool,
+) -> tuple[list[Chunk], Chunk]:
+    """Group the tokens into streamed chunks, seeded like the words (see the docstring)."""
+    tokens = [("thinking", token) for token in thinking] + [("content", token) for token in text]
+    data = _stream(seed, "chunks")
+    groups: list[list[tuple[str, str]]] = []
+    index = 0
+    while index < len(tokens):
+        merge = 0 < index < len(tokens) - 1 and data[index % len(data)] % _MERGE_ONE_IN == 0
+        width = 2 if merge else 1
+        groups.append(tokens[index : index + width])
+        index += width
+    if len(tokens) >= 4 and all(len(group) == 1 for group in groups):
+        groups[1:3] = [groups[1] + groups[2]]  # at least one two-token chunk
+    carried: list[tuple[str, str]] = []
+    if groups and not calls and data[-1] % _FINAL_CARRIES_ONE_IN == 0:
+        carried = groups.pop()
+
+    def chunk(group: Sequence[tuple[str, str]], hidden: int = 0) -> Chunk:
+        return Chunk(
+            thinking="".join(t for kind, t in group if kind == "thinking"),
+            content="".join(t for kind, t in group if kind == "content"),
+            pieces=tuple(t for _, t in group),
+            hidden=hidden,
+        )
+
+    chunks = [chunk(group) for group in groups]
+    hidden = 0
+    for call in calls:
+        if logprobs:  # llm/llama_server.go Chat: a delta with only logprobs is still sent
+            chunks += [Chunk(pieces=(piece,)) for piece in _call_pieces(call)]
+        else:
+            hidden += TOOL_CALL_TOKENS
+    return chunks, chunk(carried, hidden)
+
+
 def plan_generation(
     spec: ModelSpec,
     model: str,
@@ -210,12 +290,24 @@ def plan_generation(
     system: str = "",
     raw: bool = False,
     context: Sequence[int] = (),
+    logprobs: bool = False,
+    num_ctx: int | None = None,
+    num_keep: int = 4,
 ) -> Expected:
-    """The server-side planner: `spec` supplies capabilities and timings."""
+    """The server-side planner: `spec` supplies capabilities and timings.
+
+    A generate prompt longer than the context is cut as llama_server.go
+    `completionPromptForRequest` cuts it (context shift on, Ollama's default): to
+    `contextShiftPromptLimit(num_ctx, num_keep + 1)` tokens (the +1 is the BOS token).
+    """
     name = normalize(model) or model
     seed = f"{name}\0{_seed_text(prompt)}"
     if isinstance(prompt, str):
         prompt_count = generate_prompt_tokens(prompt, system, raw=raw, context=context)
+        if num_ctx is not None and num_ctx > 1 and prompt_count > num_ctx - 1:
+            keep = (prompt_count if num_keep < 0 else num_keep) + 1
+            keep = max(0, min(keep, num_ctx - 1))
+            prompt_count = num_ctx - max((num_ctx - keep) // 2, 1)
     else:
         prompt_count = chat_prompt_tokens(prompt, tools)
     thinking_on = ("thinking" in spec.capabilities) if think is None else think
@@ -252,11 +344,11 @@ def plan_generation(
 
     prompt_ns = prompt_count * spec.prompt_ns_per_token
     eval_ns = eval_count * spec.eval_ns_per_token
-    total = spec.load_duration_ns + prompt_ns + eval_ns + OVERHEAD_NS
     data = _stream(seed, "context")
     ctx = [
         128_000 + (data[i % len(data)] * 97 + i) % 1000 for i in range(prompt_count + eval_count)
     ]
+    chunks, final = _chunking(seed, thinking, text, calls, logprobs)
     return Expected(
         text_tokens=text,
         thinking_tokens=thinking,
@@ -266,9 +358,10 @@ def plan_generation(
         load_duration=spec.load_duration_ns,
         prompt_eval_duration=prompt_ns,
         eval_duration=eval_ns,
-        total_duration=total,
         done_reason=done_reason,
         context=ctx,
+        chunks=chunks,
+        final=final,
     )
 
 
@@ -282,12 +375,14 @@ def expected_generation(
     system: str = "",
     raw: bool = False,
     context: Sequence[int] = (),
+    logprobs: bool = False,
 ) -> Expected:
     """What the emulator answers for `model` (a built-in catalog model).
 
     `prompt` is the generate prompt (a string) or the chat messages (a list of
     `{"role", "content"}`); a chat with one user message equals a generate of that text.
     `think=None` means "not sent": models with the thinking capability then think.
+    `logprobs` (asked or not) changes only how a tool call is streamed.
     """
     return plan_generation(
         spec_for(model),
@@ -299,6 +394,7 @@ def expected_generation(
         system=system,
         raw=raw,
         context=context,
+        logprobs=logprobs,
     )
 
 

@@ -85,6 +85,7 @@ async def _lines(
 
 
 def _name(req: Mapping[str, Any]) -> str:
+    # server/routes.go PullHandler: cmp.Or(req.Model, req.Name), the deprecated `name`.
     model = str(req.get("model") or req.get("name") or "")
     name = normalize(model)
     if name is None:
@@ -116,7 +117,10 @@ async def pull(request: Request, state: EmulatorState, fault: Fault) -> Any:
 
 
 async def push(request: Request, state: EmulatorState, fault: Fault) -> Any:
-    req = parsing.decode_native(await request.body(), parsing.PULL)
+    req = parsing.decode_native(await request.body(), parsing.PUSH)
+    # server/routes.go PushHandler: `model`, else the older `name`, else an error.
+    if not (req.get("model") or req.get("name")):
+        raise ApiError(400, "model is required")
     name = _name(req)
     spec = state.catalog.lookup(name)
     lines: list[Item] = [{"status": "retrieving manifest"}]

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from tests.emulator import gojson
 
 __all__ = [
+    "ARRIVAL",
     "JSON",
     "JSON_PLAIN",
     "NDJSON",
@@ -33,6 +35,7 @@ __all__ = [
     "GoResponse",
     "Item",
     "StreamResponse",
+    "arrival_of",
     "encoder_json",
     "go_json",
     "run_until_disconnect",
@@ -52,6 +55,13 @@ SSE_HEADERS: Sequence[tuple[str, str]] = (
     ("Connection", "keep-alive"),
 )
 _CHUNKING_THRESHOLD = 2048
+ARRIVAL = "emulator.arrival_ns"  # scope key: time.monotonic_ns() when the request arrived
+
+
+def arrival_of(scope: Mapping[str, Any]) -> int:
+    """When the request arrived (set by the app first thing); now if it was not set."""
+    value = scope.get(ARRIVAL)
+    return int(value) if isinstance(value, int) else time.monotonic_ns()
 
 
 class ApiError(Exception):
@@ -70,9 +80,13 @@ class EmulatedReset(Exception):
 
 @dataclass(frozen=True)
 class Failure:
-    """A runner error after generation started (Ollama's `gin.H{"error": ...}` on the channel)."""
+    """A runner error after generation started (Ollama's `gin.H{"error": ...}` on the channel).
 
-    message: str = "an error was encountered while running the model"
+    llm/llama_server.go Completion/Chat: a llama-server stream cut short ends in "an error
+    was encountered while running the model: <detail>", the detail being the last error
+    line llama-server logged or, as here, the read error."""
+
+    message: str = "an error was encountered while running the model: unexpected EOF"
     status: int = 500
 
 
@@ -158,6 +172,13 @@ class Framer(Protocol):
     def failure_response(self, failure: Failure) -> GoResponse: ...
 
 
+async def _close(items: AsyncIterator[Item]) -> None:
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        with anyio.CancelScope(shield=True):
+            await close()
+
+
 async def _start_chunked(send: Send, media_type: str, headers: Sequence[tuple[str, str]]) -> None:
     raw = [(b"content-type", media_type.encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in headers]
@@ -171,7 +192,10 @@ class StreamResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def work() -> None:
-            await self._stream(scope, receive, send)
+            try:
+                await self._stream(scope, receive, send)
+            finally:
+                await _close(self.items)  # frees the model's slot at once
 
         await run_until_disconnect(receive, work)
 
@@ -213,24 +237,34 @@ class CollectedResponse:
         items: AsyncIterator[Item],
         finish: Callable[[list[dict[str, Any]]], GoResponse],
         on_failure: Callable[[Failure], GoResponse],
+        *,
+        on_late_failure: Callable[[Failure], GoResponse] | None = None,
     ) -> None:
         self.items = items
         self.finish = finish
         self.on_failure = on_failure
+        self.on_late_failure = on_late_failure or on_failure  # after at least one item
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def work() -> None:
-            collected: list[dict[str, Any]] = []
-            response: GoResponse | None = None
             try:
-                async for item in self.items:
-                    if isinstance(item, Failure):
-                        response = self.on_failure(item)
-                        break
-                    collected.append(item)
-            except EmulatedReset:
-                await _start_chunked(send, JSON, ())
-                raise
-            await (response or self.finish(collected))(scope, receive, send)
+                await self._collect(scope, receive, send)
+            finally:
+                await _close(self.items)
 
         await run_until_disconnect(receive, work)
+
+    async def _collect(self, scope: Scope, receive: Receive, send: Send) -> None:
+        collected: list[dict[str, Any]] = []
+        response: GoResponse | None = None
+        try:
+            async for item in self.items:
+                if isinstance(item, Failure):
+                    late = self.on_late_failure if collected else self.on_failure
+                    response = late(item)
+                    break
+                collected.append(item)
+        except EmulatedReset:
+            await _start_chunked(send, JSON, ())
+            raise
+        await (response or self.finish(collected))(scope, receive, send)

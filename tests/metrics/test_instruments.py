@@ -63,11 +63,64 @@ def test_one_record_updates_every_family(metrics: tuple[Instruments, CollectorRe
     assert value("gen_ai_server_time_to_first_token_seconds_sum", genai) == 0.5
     assert value("gen_ai_server_time_per_output_token_seconds_sum", genai) == pytest.approx(0.05)
     assert value("ollama_upstream_up") == 1
-    # A model's first request is in flight under "other": the name is not trusted until
-    # Ollama has answered it.
-    assert value("ollama_requests_in_flight", {"endpoint": "/api/chat", "model": "other"}) == 0
-    finish(instruments)
+    # A model's first request is in flight under its own name, never under "other".
     assert value("ollama_requests_in_flight", {"endpoint": "/api/chat", **model}) == 0
+    assert value("ollama_requests_in_flight", {"endpoint": "/api/chat", "model": "other"}) is None
+
+
+def test_in_flight_requests_carry_their_model_and_route(
+    metrics: tuple[Instruments, CollectorRegistry],
+) -> None:
+    instruments, registry = metrics
+    value = registry.get_sample_value
+    instruments.started("a", "/api/chat", "llama3.2:latest")
+    instruments.started("b", "/api/tags", "")
+    assert (
+        value("ollama_requests_in_flight", {"endpoint": "/api/chat", "model": "llama3.2:latest"})
+        == 1
+    )
+    assert value("ollama_requests_in_flight", {"endpoint": "/api/tags", "model": ""}) == 1
+    assert value("ollama_requests_in_flight", {"endpoint": "/api/chat", "model": "other"}) is None
+
+
+def test_a_refused_name_leaves_no_in_flight_series(
+    metrics: tuple[Instruments, CollectorRegistry],
+) -> None:
+    instruments, registry = metrics
+    value = registry.get_sample_value
+    labels = {"endpoint": "/api/chat", "model": "junk:latest"}
+    first = dataclasses.replace(BASE, id="1", model="junk:latest", status=404)
+    second = dataclasses.replace(BASE, id="2", model="junk:latest", status=404)
+    instruments.started(first.id, first.endpoint, first.model)
+    instruments.started(second.id, second.endpoint, second.model)
+    assert value("ollama_requests_in_flight", labels) == 2
+    instruments.finished(first)
+    assert value("ollama_requests_in_flight", labels) == 1
+    instruments.finished(second)
+    # Ollama refused the name: once its last request ends, its series is gone.
+    assert value("ollama_requests_in_flight", labels) is None
+    assert "junk:latest" not in instruments.model_label.held
+
+
+def test_held_names_are_bounded_too(metrics: tuple[Instruments, CollectorRegistry]) -> None:
+    instruments, registry = metrics  # max_models=2
+    value = registry.get_sample_value
+    for i in range(4):
+        instruments.started(str(i), "/api/chat", f"m{i}")
+    in_flight = {
+        labels["model"]: sample
+        for labels, sample in (
+            (s.labels, s.value)
+            for metric in registry.collect()
+            if metric.name == "ollama_requests_in_flight"
+            for s in metric.samples
+        )
+    }
+    assert in_flight == {"m0": 1, "m1": 1, "other": 2}
+    for i in range(4):
+        instruments.finished(dataclasses.replace(BASE, id=str(i), model=f"m{i}", status=404))
+    assert value("ollama_requests_in_flight", {"endpoint": "/api/chat", "model": "other"}) == 0
+    assert instruments.model_label.held == {}
 
 
 def test_failures_are_labelled_and_not_timed_as_successes(

@@ -93,3 +93,29 @@ def test_a_counter_labelled_through_it_keeps_bounded_series() -> None:
         "model-4": 10.0,
         OTHER: 450.0,
     }
+
+
+def test_a_held_value_is_its_own_label_until_released() -> None:
+    label = BoundedLabel("model", 2)
+    assert label.hold("new:latest") == "new:latest"
+    assert label.hold("new:latest") == "new:latest"
+    assert label.held == {"new:latest": 2}
+    assert "new:latest" not in label.admitted  # held, not trusted
+    label.release("new:latest")
+    label.release("new:latest")
+    assert label.held == {}
+
+
+def test_held_values_are_bounded_and_the_rest_fold() -> None:
+    label = BoundedLabel("model", 2)
+    assert [label.hold(v) for v in ("a", "b", "c")] == ["a", "b", OTHER]
+    label.release("a")
+    assert label.hold("c") == "c"  # a slot came free
+
+
+def test_an_admitted_value_needs_no_hold() -> None:
+    label = BoundedLabel("model", 1)
+    assert label("a") == "a"
+    assert label.hold("a") == "a"
+    assert label.held == {}
+    assert label.hold("b") == "b"  # holds are bounded apart from admissions

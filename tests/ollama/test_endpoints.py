@@ -16,6 +16,7 @@ INFERENCE = {
     "/v1/completions": ("openai_completions", "text_completion"),
     "/v1/embeddings": ("openai_embeddings", "embeddings"),
     "/v1/messages": ("anthropic_messages", "chat"),
+    "/v1/responses": ("openai_responses", "chat"),
 }
 PREFIXED = {"/api/blobs/:digest", "/v1/models/:model", "/api/user/keys/:key"}
 
@@ -77,6 +78,7 @@ def test_every_other_route_is_read_as_no_inference() -> None:
         ("/v1/chat/completions", False),
         ("/v1/completions", False),
         ("/v1/messages", False),
+        ("/v1/responses", False),
     ],
 )
 def test_what_stream_means_when_the_request_does_not_say(path: str, streams: bool) -> None:
@@ -154,3 +156,14 @@ def test_known_labels_are_every_label_once() -> None:
 )
 def test_api_of(path: str, api: str) -> None:
     assert api_of(path) == api
+
+
+@pytest.mark.parametrize("path", ["/api/pull", "/api/push", "/api/create"])
+def test_an_error_line_in_a_transfer_stream_is_the_answer(path: str) -> None:
+    # A pull of a model that does not exist ends with Ollama's own error line.
+    assert classify(path).stream_errors_are_answers
+
+
+@pytest.mark.parametrize("path", sorted(INFERENCE))
+def test_an_error_line_in_an_inference_stream_is_ollama_failing(path: str) -> None:
+    assert not classify(path).stream_errors_are_answers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.ollama.models import normalise_model
+from app.ollama.models import normalise_model, recorded_model
 
 
 @pytest.mark.parametrize(
@@ -46,3 +46,18 @@ def test_tags_digests_and_whitespace(given: str, expected: str) -> None:
 def test_a_normalised_name_stays_as_it_is(name: str) -> None:
     once = normalise_model(name)
     assert normalise_model(once) == once
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "expected"),
+    [
+        ("llama3.2", 200, "llama3.2:latest"),
+        ("llama3.2", 500, "llama3.2:latest"),
+        # Ollama refused the name: kept as sent, no ":latest" it never had.
+        ("no-such-model", 404, "no-such-model"),
+        ("Bad Name!", 400, "Bad Name!"),
+        ("", 404, ""),
+    ],
+)
+def test_recorded_model(name: str, status: int, expected: str) -> None:
+    assert recorded_model(name, status) == expected

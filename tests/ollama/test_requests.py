@@ -13,7 +13,7 @@ from app.ollama.requests import NO_FACTS, read_request
 @pytest.mark.parametrize(
     ("path", "body", "model", "stream", "prompt"),
     [
-        ("/api/generate", {"model": "llama3.2", "prompt": "Hi"}, "llama3.2:latest", True, "Hi"),
+        ("/api/generate", {"model": "llama3.2", "prompt": "Hi"}, "llama3.2", True, "Hi"),
         (
             "/api/chat",
             {
@@ -26,7 +26,7 @@ from app.ollama.requests import NO_FACTS, read_request
                     {"role": "tool", "content": "t"},
                 ],
             },
-            "m:latest",
+            "m",
             False,
             "last",
         ),
@@ -44,7 +44,7 @@ from app.ollama.requests import NO_FACTS, read_request
                     }
                 ],
             },
-            "m:latest",
+            "m",
             False,
             "look",
         ),
@@ -55,13 +55,13 @@ from app.ollama.requests import NO_FACTS, read_request
                 "stream": True,
                 "messages": [{"role": "user", "content": [{"type": "text", "text": "hey"}]}],
             },
-            "m:latest",
+            "m",
             True,
             "hey",
         ),
-        ("/v1/completions", {"model": "m", "prompt": ["a", "b"]}, "m:latest", False, "b"),
-        ("/api/embed", {"model": "e", "input": ["x", "y"]}, "e:latest", False, "x\ny"),
-        ("/api/show", {"name": "old-client"}, "old-client:latest", False, ""),
+        ("/v1/completions", {"model": "m", "prompt": ["a", "b"]}, "m", False, "b"),
+        ("/api/embed", {"model": "e", "input": ["x", "y"]}, "e", False, "x\ny"),
+        ("/api/show", {"name": "old-client"}, "old-client", False, ""),
         ("/api/chat", {"model": 5, "messages": "no"}, "", True, ""),
     ],
 )

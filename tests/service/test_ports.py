@@ -56,8 +56,9 @@ def test_listening_probes_loopback_for_the_any_addresses(listener: int) -> None:
         assert listening(any_address, listener) is True, any_address
 
 
-@pytest.mark.process
-def test_listening_on_an_ipv6_address() -> None:
+@pytest.fixture
+def ipv6_socket() -> Iterator[socket.socket]:
+    """A socket bound to the IPv6 loopback, not yet listening (skips without IPv6)."""
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
     with socket.socket(socket.AF_INET6) as sock:
@@ -65,9 +66,15 @@ def test_listening_on_an_ipv6_address() -> None:
             sock.bind(("::1", 0))
         except OSError:
             pytest.skip("no IPv6 loopback on this machine")
-        sock.listen()
-        port = int(sock.getsockname()[1])
-        assert listening("::1", port) is True
+        yield sock
+
+
+@pytest.mark.process
+def test_listening_on_an_ipv6_address(ipv6_socket: socket.socket) -> None:
+    ipv6_socket.listen()
+    port = int(ipv6_socket.getsockname()[1])
+    assert listening("::1", port) is True
+    ipv6_socket.close()
     assert listening("::1", port) is False
 
 
@@ -90,17 +97,10 @@ def test_port_owner_sentences(emulator: EmulatorServer) -> None:
 
 
 @pytest.mark.process
-def test_an_ipv6_listener_is_described_not_an_error() -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this machine")
-    with socket.socket(socket.AF_INET6) as sock:
-        try:
-            sock.bind(("::1", 0))
-        except OSError:
-            pytest.skip("no IPv6 loopback on this machine")
-        sock.listen()
-        port = int(sock.getsockname()[1])
-        owner = describe_port_owner("::1", port)
+def test_an_ipv6_listener_is_described_not_an_error(ipv6_socket: socket.socket) -> None:
+    ipv6_socket.listen()
+    port = int(ipv6_socket.getsockname()[1])
+    owner = describe_port_owner("::1", port)
     assert owner == (
         f"port {port} is already in use by another program: stop it, or choose another port "
         "with --port"

@@ -8,7 +8,7 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +21,9 @@ from app.cli import _parser
 from app.config import CONFIG_ENV
 from app.winsvc import host, sc
 from app.winsvc.runner import RUNNING, START_PENDING, STOP_PENDING, ServiceRunner
+
+# Each test may reconfigure logging (tests/conftest.py puts it back).
+pytestmark = pytest.mark.usefixtures("keep_logging")
 
 # winsvc.h: the states SetServiceStatus takes.
 SERVICE_STOPPED = 1
@@ -103,18 +106,6 @@ def service(pywin32: PyWin32) -> Any:
     assert host.run_service() == 0
     (cls,) = pywin32.hosted
     return cls((sc.DEFAULT_NAME,))
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """ServiceRunner.run points the root logger at the service's log file: undo that."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:], root.level = handlers, level
 
 
 def test_importing_it_off_windows_needs_no_pywin32() -> None:

@@ -18,10 +18,18 @@ import pytest
 from app.config import CONFIG_ENV, Settings
 from app.winsvc import manage, sc
 from app.winsvc.system import REG_SZ, RegValue
-from tests.winfake import FakeWindows, Service, split_args, split_image_path, task_enabled, task_xml
+from tests.winfake import (
+    RUN_KEY,
+    FakeWindows,
+    Service,
+    split_args,
+    split_image_path,
+    task_enabled,
+    task_xml,
+    windows_drive,
+)
 
 EXE = r"C:\Program Files\Ollama Metrics\ollama-metrics.exe"
-RUN_KEY = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run"
 TRAY = r"C:\Users\ada\AppData\Local\Programs\Ollama\ollama app.exe"
 
 
@@ -57,16 +65,7 @@ class Machine:
 @pytest.fixture
 def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
     root = tmp_path / "C"
-    for name, sub in [
-        ("APPDATA", "AppData/Roaming"),
-        ("LOCALAPPDATA", "AppData/Local"),
-        ("PROGRAMDATA", "ProgramData"),
-        ("SYSTEMROOT", "Windows"),
-        ("USERPROFILE", "Users/ada"),
-    ]:
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(name, str(root / sub))
-    (root / "Windows/System32/Tasks").mkdir(parents=True)
+    win = windows_drive(root, monkeypatch.setenv)
     # The user's Ollama, where its installer puts it, and their models.
     ollama_dir = root / "AppData/Local/Programs/Ollama"
     ollama_dir.mkdir(parents=True)
@@ -78,11 +77,6 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
     monkeypatch.setenv("PATH", f"{ollama_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("OLLAMA_MODELS", raising=False)
     monkeypatch.delenv(CONFIG_ENV, raising=False)
-    win = FakeWindows(tasks_dir=root / "Windows/System32/Tasks")
-    # What every Windows has and nothing may touch.
-    win.services["Spooler"] = Service(r"C:\Windows\System32\spoolsv.exe", "auto", state="RUNNING")
-    win.reg_set(RUN_KEY, RegValue("OneDrive", REG_SZ, r'"C:\OneDrive\OneDrive.exe" /background'))
-    win.processes[4] = "System"
     win.listeners[445] = 4
     return Machine(win, root, root / "ProgramData/OllamaMetrics", io.StringIO(), io.StringIO())
 

@@ -22,9 +22,9 @@ from app.winsvc.ollama_conflicts import (
     runs_ollama,
 )
 from app.winsvc.system import REG_DWORD, REG_EXPAND_SZ, REG_SZ, Completed, RegValue
-from tests.winfake import FakeWindows, Service, task_enabled, task_xml
+from tests.winfake import RUN_KEY, FakeWindows, Service, task_enabled, task_xml, windows_drive
 
-HKCU_RUN = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run"
+HKCU_RUN = RUN_KEY
 HKLM_RUN = r"HKLM\Software\Microsoft\Windows\CurrentVersion\Run"
 WOW_RUN = r"HKLM\Software\WOW6432Node\Microsoft\Windows\CurrentVersion\Run"
 OWN = "OllamaMetricsProxy"
@@ -59,20 +59,7 @@ class Machine:
 @pytest.fixture
 def m(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
     root = tmp_path / "C"
-    for name, sub in [
-        ("APPDATA", "AppData/Roaming"),
-        ("LOCALAPPDATA", "AppData/Local"),
-        ("PROGRAMDATA", "ProgramData"),
-        ("SYSTEMROOT", "Windows"),
-    ]:
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(name, str(root / sub))
-    (root / "Windows/System32/Tasks").mkdir(parents=True)
-    win = FakeWindows(tasks_dir=root / "Windows/System32/Tasks")
-    # What every Windows has and nothing may touch.
-    win.services["Spooler"] = Service(r"C:\Windows\System32\spoolsv.exe", "auto", state="RUNNING")
-    win.reg_set(HKCU_RUN, RegValue("OneDrive", REG_SZ, r'"C:\OneDrive\OneDrive.exe" /background'))
-    win.processes[4] = "System"
+    win = windows_drive(root, monkeypatch.setenv)
     return Machine(win, root, root / "ProgramData/OllamaMetrics")
 
 

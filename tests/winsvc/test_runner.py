@@ -4,7 +4,6 @@ control handler does, with the state reports the service manager would get."""
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import sys
 import threading
@@ -22,16 +21,8 @@ from tests import fake_ollama
 from tests.emulator.server import EmulatorServer
 from tests.support import CHAT, free_port
 
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:], root.level = handlers, level
+# Each test may reconfigure logging (tests/conftest.py puts it back).
+pytestmark = pytest.mark.usefixtures("keep_logging")
 
 
 RUNS: list[Run] = []
