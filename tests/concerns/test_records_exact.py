@@ -16,7 +16,7 @@ import pytest
 
 from tests.emulator import EmulatorServer
 from tests.metrics_support import scrape, total
-from tests.support import ProxyProcess
+from tests.support import TOOLS, ProxyProcess
 
 pytestmark = pytest.mark.process
 
@@ -132,6 +132,19 @@ def test_a_responses_function_call_is_recorded(proxy: ProxyProcess) -> None:
     assert [(c["name"], c["arguments"]) for c in json.loads(record["tool_calls"])] == [
         (c.name, c.arguments) for c in calls
     ]
+
+
+def test_a_native_tool_call_on_the_final_chunk_is_recorded(proxy: ProxyProcess) -> None:
+    prompt = words()
+    # (The ollama client's generate() takes no tools; Ollama's /api/generate does.)
+    body = {"model": "llama3.2", "prompt": prompt, "tools": TOOLS}
+    answer = httpx.post(proxy.url + "/api/generate", json=body, timeout=30)
+    final = json.loads(answer.text.splitlines()[-1])
+    assert final["done"]
+    assert final["tool_calls"]
+    record = record_of(proxy, prompt)
+    assert json.loads(record["tool_calls"]) == final["tool_calls"]
+    assert record["completion_tokens"] == final["eval_count"]
 
 
 def test_anthropic_messages_count_ollamas_tokens_not_its_estimate(proxy: ProxyProcess) -> None:

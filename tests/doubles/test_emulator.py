@@ -372,6 +372,26 @@ def test_final_chunk_can_carry_text(http: httpx.Client) -> None:
 
 
 @pytest.mark.process
+def test_generate_tool_calls_ride_the_final_chunk(http: httpx.Client) -> None:
+    # server/routes.go GenerateHandler: the builtin parser's calls only when cr.Done.
+    prompt = "Weather in Paris?"
+    body = {"model": "llama3.2", "prompt": prompt, "tools": [WEATHER_TOOL]}
+    expected = tokens.expected_generation("llama3.2", prompt, tools=[WEATHER_TOOL])
+    streamed = lines(http.post("/api/generate", json=body))
+    assert all("tool_calls" not in c for c in streamed[:-1])
+    assert streamed[-1]["done"] is True
+    assert streamed[-1]["tool_calls"] == expected.tool_calls
+    assert streamed[-1]["prompt_eval_count"] == (
+        tokens.generate_prompt_tokens(prompt) + tokens.tools_tokens([WEATHER_TOOL])
+    )
+    raw = lines(http.post("/api/generate", json={**body, "raw": True}))
+    assert "tool_calls" not in raw[-1]  # no template, no tools
+    refused = http.post("/api/generate", json={**body, "model": "gemma:2b"})
+    assert refused.status_code == 400
+    assert "does not support tools" in refused.json()["error"]
+
+
+@pytest.mark.process
 def test_chat_tool_calls_ride_the_final_chunk(http: httpx.Client) -> None:
     # llm/llama_server.go Chat accumulates every tool call and attaches them to the final
     # response only; a delta with only logprobs is still sent.

@@ -293,6 +293,9 @@ async def prepare_generate(
     if raw and (req.get("template") or req.get("system") or req.get("context")):
         raise ApiError(400, "raw mode does not support template, system, or context")
     prompt = str(req.get("prompt") or "")
+    # api/types.go GenerateRequest.Tools: the builtin parser's calls ride the final chunk
+    # (server/routes.go GenerateHandler: `if cr.Done && len(toolCalls) > 0`).
+    tools = list(req.get("tools") or [])
 
     def planner(
         spec: ModelSpec, num_predict: int | None, think: bool | None, logprobs: bool
@@ -307,6 +310,7 @@ async def prepare_generate(
             raw=raw,
             context=list(req.get("context") or []),
             logprobs=logprobs,
+            tools=tools,
             num_ctx=parsing.num_ctx(req.get("options"), spec.parameters, spec.context_length),
             num_keep=_num_keep(req.get("options")),
         )
@@ -319,7 +323,7 @@ async def prepare_generate(
         model,
         "generate",
         bool(prompt),
-        ["insert"] if req.get("suffix") else [],
+        (["insert"] if req.get("suffix") else []) + (["tools"] if tools and not raw else []),
         top,
         planner,
         lambda plan, step, logprobs: _generate_chunk(model, plan, step, raw, logprobs),

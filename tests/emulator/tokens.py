@@ -304,6 +304,9 @@ def plan_generation(
     seed = f"{name}\0{_seed_text(prompt)}"
     if isinstance(prompt, str):
         prompt_count = generate_prompt_tokens(prompt, system, raw=raw, context=context)
+        if raw:
+            tools = None  # no template, so no tools and no parser for them
+        prompt_count += tools_tokens(tools)
         if num_ctx is not None and num_ctx > 1 and prompt_count > num_ctx - 1:
             keep = (prompt_count if num_keep < 0 else num_keep) + 1
             keep = max(0, min(keep, num_ctx - 1))
