@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # Label value for requests that carry no prompt to categorise.
 NO_CATEGORY = "none"
+NATIVE = ("generate", "chat")
 
 
 class Sink(Protocol):
@@ -45,12 +46,14 @@ class Recorder:
         *,
         sinks: Sequence[Sink],
         categorise: Callable[[str], str],
+        client_app: Callable[[str, str, str], str] = lambda user_agent, title, name: "",
         inject_usage: bool = True,
         text_limit: int = 1 << 20,
         max_json_bytes: int = 64 << 20,
     ) -> None:
         self.sinks = tuple(sinks)
         self.categorise = categorise
+        self.client_app = client_app
         self.inject_usage = inject_usage
         self.text_limit = text_limit
         self.max_json_bytes = max_json_bytes
@@ -83,6 +86,8 @@ class ExchangeTap:
         "endpoint",
         "facts",
         "id",
+        "last_chunk_at",
+        "max_gap",
         "reader",
         "recorder",
         "request_bytes",
@@ -112,6 +117,8 @@ class ExchangeTap:
         self.begun = False
         self.streamed = False
         self.request_text = ""
+        self.last_chunk_at: float | None = None
+        self.max_gap = 0.0
 
     @property
     def inspect_request(self) -> bool:
@@ -161,8 +168,12 @@ class ExchangeTap:
         self.response_bytes += len(chunk)
         if self.reader is None:
             return chunk
+        now = time.perf_counter()
+        if self.last_chunk_at is not None and now - self.last_chunk_at > self.max_gap:
+            self.max_gap = now - self.last_chunk_at
+        self.last_chunk_at = now
         try:
-            return self.reader.feed(chunk, time.perf_counter())
+            return self.reader.feed(chunk, now)
         except Exception:
             # A reader bug must never cost the client its answer: stop reading, pass bytes on.
             log.exception("could not read the answer to %s", self.scope["path"])
@@ -215,6 +226,7 @@ class ExchangeTap:
             ttft = answer.first_token_at - self.started
         scope = self.scope
         client = scope.get("client")
+        user_agent = _header(scope, b"user-agent")
         return ExchangeRecord(
             id=self.id,
             timestamp=self.started_wall,
@@ -226,7 +238,7 @@ class ExchangeTap:
             model=recorded_model(self.facts.model or answer.model or "", status),
             category=self.category,
             client=client[0] if client else "",
-            user_agent=_header(scope, b"user-agent"),
+            user_agent=user_agent,
             status=status,
             streamed=streamed,
             prompt=self.facts.prompt,
@@ -251,7 +263,26 @@ class ExchangeTap:
             response_bytes=self.response_bytes,
             usage_injected=self.facts.usage_injected,
             api_key=scope.get(SCOPE_KEY),
+            client_app=self.recorder.client_app(
+                user_agent, _header(scope, b"x-title"), _header(scope, b"x-client-name")
+            ),
+            # Only native generate and chat report every phase (an embed has no prompt eval).
+            queue_wait_s=_queue_wait(answer) if self.endpoint.shape in NATIVE else None,
+            max_gap_s=self.max_gap if streamed and self.last_chunk_at is not None else None,
         )
+
+
+def _queue_wait(answer: Answer) -> float | None:
+    """total − load − prompt eval − eval, at least 0: where Ollama measures nothing else, the
+    wait for a free parallel slot (server/routes.go; llm/llama_server.go sem.Acquire)."""
+    if not answer.total_duration_ns:
+        return None
+    worked = (
+        (answer.load_duration_ns or 0)
+        + (answer.prompt_eval_duration_ns or 0)
+        + (answer.eval_duration_ns or 0)
+    )
+    return max(answer.total_duration_ns - worked, 0) / 1e9
 
 
 def _seconds(ns: int | None) -> float | None:

@@ -24,7 +24,7 @@ from app.analytics.writer import AnalyticsMetrics, AnalyticsWriter
 from app.api.analytics import create_analytics_router
 from app.api.routes import KEYED_OWN_PATHS, create_api
 from app.auth import ApiKeys
-from app.categories import Categoriser
+from app.categories import Categoriser, ClientApps
 from app.config import Settings
 from app.exchange import Recorder, Sink
 from app.lifecycle import Component, Lifespan, Step
@@ -74,6 +74,7 @@ class ProxyApp:
         recorder = Recorder(
             sinks=sinks,
             categorise=categoriser.categorise,
+            client_app=ClientApps(),
             inject_usage=settings.usage_injection,
             text_limit=max(settings.analytics_max_text_bytes, 1),
         )

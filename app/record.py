@@ -85,6 +85,13 @@ class ExchangeRecord:
     response_bytes: int = 0
     usage_injected: bool = False
     api_key: str | None = None  # the NAME of the API key the request presented (app.auth)
+    # The application that sent it (app.categories.apps): a bounded label value.
+    client_app: str = ""
+    # The time Ollama held the request without working on it: total − load − prompt eval −
+    # eval, at least 0 (mostly the wait for a free parallel slot); None without durations.
+    queue_wait_s: float | None = None
+    # Streams: the longest pause between two chunks of the answer.
+    max_gap_s: float | None = None
 
     @property
     def prompt_tokens_per_second(self) -> float | None:
@@ -170,4 +177,7 @@ STORED: tuple[Stored, ...] = (
     Stored("tokens_per_second", "rate", nullable=True),
     Stored("request_bytes", "bytes"),
     Stored("response_bytes", "bytes"),
+    Stored("client_app", "label", 32, filtered=True),
+    Stored("queue_wait_s", "seconds", nullable=True),
+    Stored("max_gap_s", "seconds", nullable=True),
 )

@@ -119,6 +119,14 @@ class Corpus:
         return " ".join(parts)[:target]
 
 
+# User-Agents, and the client app each is named (app.categories.apps).
+APPS = {
+    "ollama-python/0.4.7 (x86_64 linux) Python/3.11.7": "ollama-python",
+    "OpenAI/Python 1.54.0": "openai-python",
+    "curl/8.5.0": "curl",
+}
+
+
 def make_row(corpus: Corpus, rng: random.Random, stamp: float, ref: int) -> dict[str, Any]:
     failed = rng.random() < 0.03
     status = rng.choice((500, 502, 404, 499)) if failed else 200
@@ -134,7 +142,7 @@ def make_row(corpus: Corpus, rng: random.Random, stamp: float, ref: int) -> dict
         "model": rng.choices(MODELS, MODEL_WEIGHTS)[0],
         "category": CATEGORIES[min(int(rng.expovariate(0.6)), len(CATEGORIES) - 1)],
         "client": CLIENTS[min(int(rng.expovariate(0.25)), len(CLIENTS) - 1)],
-        "user_agent": rng.choice(("ollama-python/0.4.7", "openai-python/1.54", "curl/8.5.0")),
+        "user_agent": (agent := rng.choice(tuple(APPS))),
         "status": status,
         "streamed": rng.random() < 0.7,
         "prompt": f"ref{ref:06d} " + corpus.text(rng, 50, 500),
@@ -158,6 +166,9 @@ def make_row(corpus: Corpus, rng: random.Random, stamp: float, ref: int) -> dict
         "tokens_per_second": None if completion is None else completion / (duration * 0.8),
         "request_bytes": rng.randint(200, 3000),
         "response_bytes": 0 if failed else rng.randint(500, 20000),
+        "client_app": APPS[agent],
+        "queue_wait_s": None if failed else duration * 0.05 * rng.random(),
+        "max_gap_s": ttft and duration * 0.1 * rng.random(),
     }
 
 

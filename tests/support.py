@@ -243,6 +243,9 @@ def analytics_row(i: int, rng: random.Random) -> dict[str, Any]:
         "tokens_per_second": round(rng.uniform(5, 120), 2),
         "request_bytes": 100,
         "response_bytes": 1000,
+        "client_app": rng.choice(["ollama-python", "openai-python", "curl"]),
+        "queue_wait_s": round(rng.uniform(0, 3), 3) if i % 3 else None,
+        "max_gap_s": round(rng.uniform(0.01, 1), 3) if i % 2 else None,
     }
 
 

@@ -697,3 +697,78 @@ def test_a_responses_stream_becomes_an_exact_record(clock: Clock, sink: Recordin
         None,
     )
     assert record.ttft_s == pytest.approx(0.5)
+
+
+# -- diagnostics -------------------------------------------------------------------------------
+
+
+def test_the_queue_wait_is_what_ollamas_phases_leave_of_its_total(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    exchange_of(tap, json.dumps(CHAT_REQUEST).encode(), 200, NDJSON, [CHAT_STREAM])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    # CHAT_DONE: total 2 s − load 0.1 s − prompt eval 0.2 s − eval 1.5 s.
+    assert finished(sink).queue_wait_s == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    ("total", "expected"),
+    [(1_000_000_000, 0.0), (None, None)],  # phases longer than the total; no durations
+)
+def test_the_queue_wait_is_never_negative_nor_guessed(
+    sink: RecordingSink, total: int | None, expected: float | None
+) -> None:
+    done = json.loads(CHAT_DONE)
+    if total is None:
+        del done["total_duration"]
+    else:
+        done["total_duration"] = total
+    tap = open_tap(recorder(sink), "/api/chat")
+    exchange_of(tap, json.dumps(CHAT_REQUEST).encode(), 200, NDJSON, [line(done)])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert finished(sink).queue_wait_s == expected
+
+
+def test_an_embed_has_no_queue_wait(sink: RecordingSink) -> None:
+    # An embed reports total and load, but no prompt-eval time: the rest is not a wait.
+    tap = open_tap(recorder(sink), "/api/embed")
+    answer = b'{"embeddings":[[0.1]],"total_duration":900000000,"load_duration":1000000}'
+    exchange_of(tap, b'{"model":"e","input":"x"}', 200, JSON, [answer])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert finished(sink).queue_wait_s is None
+
+
+def test_the_longest_pause_of_a_stream_is_kept(clock: Clock, sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    tap.begin(json.dumps(CHAT_REQUEST).encode())
+    tap.response_start(200, NDJSON)
+    for pause, piece in zip(
+        (0.1, 0.1, 2.5, 0.3), CHAT_STREAM.splitlines(keepends=True), strict=True
+    ):
+        clock.now += pause
+        tap.response_chunk(piece)
+    tap.response_end()
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert finished(sink).max_gap_s == pytest.approx(2.5)
+
+
+def test_a_whole_answer_has_no_stream_pause(sink: RecordingSink) -> None:
+    tap = open_tap(recorder(sink), "/api/chat")
+    exchange_of(tap, b'{"model":"m","stream":false}', 200, JSON, [b"{", b"}"])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert finished(sink).max_gap_s is None
+
+
+def test_the_client_app_is_named_from_its_headers(sink: RecordingSink) -> None:
+    asked: list[tuple[str, str, str]] = []
+
+    def client_app(user_agent: str, title: str, name: str) -> str:
+        asked.append((user_agent, title, name))
+        return "my-app"
+
+    rec = recorder(sink, client_app=client_app)
+    headers = [(b"user-agent", b"curl/8.5.0"), (b"x-title", b"Notes"), (b"x-client-name", b"n")]
+    tap = rec.open(http_scope("/api/tags", method="GET", headers=headers))
+    exchange_of(tap, None, 200, JSON, [b"{}"])
+    tap.close(client_gone=False, error_reason=None, error=None)
+    assert asked == [("curl/8.5.0", "Notes", "n")]
+    assert finished(sink).client_app == "my-app"

@@ -24,14 +24,17 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from app.analytics.tables import hourly, hourly_clients, hourly_latency, requests
+from app.analytics.tables import hourly, hourly_apps, hourly_clients, hourly_latency, requests
 
 HOUR = 3600
+# Every rollup table: what retention and a rebuild clear.
+TABLES = (hourly, hourly_clients, hourly_apps, hourly_latency)
 GROWTH = 1.05
 _LOG_GROWTH = math.log(GROWTH)
 MIN_BUCKET, MAX_BUCKET = -400, 400  # 1e-8 s .. 3e8 s: everything a request can take
 ZERO_BUCKET = -1000  # values ≤ 0
-METRICS = ("duration", "ttft")
+# The histograms, and the row field each is of.
+METRICS = {"duration": "duration_s", "ttft": "ttft_s", "queue": "queue_wait_s", "gap": "max_gap_s"}
 SUMS = (
     "requests",
     "errors",
@@ -59,6 +62,9 @@ SOURCE = (
     "prompt_tokens",
     "completion_tokens",
     "tokens_per_second",
+    "client_app",
+    "queue_wait_s",
+    "max_gap_s",
 )
 
 
@@ -103,10 +109,12 @@ class Aggregate:
 
     groups: dict[tuple[int, str, str, str], list[Any]] = field(default_factory=dict)
     clients: dict[tuple[int, str], int] = field(default_factory=dict)
+    # (hour, client app): [requests, prompt tokens, completion tokens]
+    apps: dict[tuple[int, str], list[int]] = field(default_factory=dict)
     latency: dict[tuple[int, str, int], int] = field(default_factory=dict)
 
     def add(self, rows: Iterable[Mapping[str, Any]]) -> Aggregate:
-        groups, clients, latency = self.groups, self.clients, self.latency
+        groups, clients, apps, latency = self.groups, self.clients, self.apps, self.latency
         for row in rows:
             hour = hour_of(row["timestamp"])
             key = (hour, row["model"], row["category"], row["endpoint"])
@@ -114,7 +122,7 @@ class Aggregate:
             if sums is None:
                 sums = groups[key] = [0] * len(SUMS)
             prompt, completion = row["prompt_tokens"], row["completion_tokens"]
-            rate, duration, ttft = row["tokens_per_second"], row["duration_s"], row["ttft_s"]
+            rate, duration = row["tokens_per_second"], row["duration_s"]
             sums[0] += 1
             sums[1] += failed(row)
             sums[2] += bool(row["cancelled"])
@@ -130,11 +138,17 @@ class Aggregate:
                 sums[9] += 1
             client = (hour, row["client"])
             clients[client] = clients.get(client, 0) + 1
-            point = (hour, "duration", bucket(duration))
-            latency[point] = latency.get(point, 0) + 1
-            if ttft is not None:
-                point = (hour, "ttft", bucket(ttft))
-                latency[point] = latency.get(point, 0) + 1
+            app = apps.get((hour, row["client_app"]))
+            if app is None:
+                app = apps[(hour, row["client_app"])] = [0, 0, 0]
+            app[0] += 1
+            app[1] += prompt or 0
+            app[2] += completion or 0
+            for metric, name in METRICS.items():
+                value = row[name]
+                if value is not None:
+                    point = (hour, metric, bucket(value))
+                    latency[point] = latency.get(point, 0) + 1
         return self
 
     def __bool__(self) -> bool:
@@ -186,6 +200,15 @@ def apply(connection: Connection, aggregate: Aggregate) -> None:
     )
     _upsert(
         connection,
+        hourly_apps,
+        ["hour", "client_app"],
+        [
+            {"hour": h, "client_app": a, "requests": n, "prompt_tokens": p, "completion_tokens": c}
+            for (h, a), (n, p, c) in aggregate.apps.items()
+        ],
+    )
+    _upsert(
+        connection,
         hourly_latency,
         ["hour", "metric", "bucket"],
         [
@@ -212,7 +235,7 @@ def rows_between(connection: Connection, start: float | None, end: float | None)
 
 def rebuild(connection: Connection, start: int | None = None, end: int | None = None) -> None:
     """Recompute the rollups of the hours in ``[start, end)`` (all when None) from the rows."""
-    for table in (hourly, hourly_clients, hourly_latency):
+    for table in TABLES:
         conditions = []
         if start is not None:
             conditions.append(table.c.hour >= start)

@@ -55,10 +55,12 @@ class SearchQuery:
     category: str | None = None
     status: int | None = None
     api_key: str | None = None  # a key's name
+    client_app: str | None = None
     prompt_search: str | None = None
     start_time: float | None = None
     end_time: float | None = None
     min_duration: float | None = None
+    min_queue_wait: float | None = None
     limit: int = 50
     cursor: str | None = None
 
@@ -89,7 +91,7 @@ def _filters(query: SearchQuery) -> tuple[list[ColumnElement[bool]], str | None,
         # As Ollama resolves the name (``llama3.2`` is ``llama3.2:latest``), or as sent: a
         # name Ollama refused is stored as the client wrote it.
         conditions.append(c.model.in_(sorted({query.model, normalise_model(query.model)})))
-    for name in ("endpoint", "category", "status", "api_key"):
+    for name in ("endpoint", "category", "status", "api_key", "client_app"):
         value = getattr(query, name)
         if value is not None:
             conditions.append(c[name] == value)
@@ -105,6 +107,8 @@ def _filters(query: SearchQuery) -> tuple[list[ColumnElement[bool]], str | None,
         high = query.cursor if high is None else min(high, query.cursor)
     if query.min_duration is not None:
         conditions.append(c.duration_s >= query.min_duration)
+    if query.min_queue_wait is not None:
+        conditions.append(c.queue_wait_s >= query.min_queue_wait)
     return conditions, low, high
 
 

@@ -19,7 +19,7 @@ from app.analytics import rollups, search, stats
 from app.analytics.migrate import upgrade
 from app.analytics.rows import RejectedRows
 from app.analytics.search import SearchQuery
-from app.analytics.tables import hourly, hourly_clients, hourly_latency, requests
+from app.analytics.tables import requests
 from app.config import Settings
 
 __all__ = ["SearchQuery", "SqlStore", "create_store_engine", "database_url", "settings_url"]
@@ -144,7 +144,7 @@ class SqlStore:
                 delete(requests).where(requests.c.timestamp < cutoff)
             ).rowcount
             hour = rollups.hour_of(cutoff)
-            for table in (hourly, hourly_clients, hourly_latency):
+            for table in rollups.TABLES:
                 connection.execute(delete(table).where(table.c.hour < hour))
             if hour < cutoff:
                 rollups.rebuild(connection, hour, hour + rollups.HOUR)

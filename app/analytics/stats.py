@@ -18,7 +18,7 @@ from sqlalchemy import Connection, func, select
 
 from app.analytics import rollups
 from app.analytics.rollups import SUMS, Aggregate
-from app.analytics.tables import hourly, hourly_clients, hourly_latency
+from app.analytics.tables import hourly, hourly_apps, hourly_clients, hourly_latency
 
 Sums = list[Any]
 
@@ -59,6 +59,15 @@ def compute(connection: Connection, since: float) -> dict[str, Any]:
             "completion_avg": _ratio(total[6], total[7]),
         },
         "tokens_per_second_avg": _ratio(total[8], total[9]),
+        "queue_wait": {
+            "p50_s": _percentile(histograms["queue"], 0.5),
+            "p95_s": _percentile(histograms["queue"], 0.95),
+        },
+        "stream_max_gap": {
+            "p50_s": _percentile(histograms["gap"], 0.5),
+            "p95_s": _percentile(histograms["gap"], 0.95),
+        },
+        "client_apps": _client_apps(connection, boundary, edge),
         "models": _breakdown(by_model.items()),
         "categories": _breakdown(by_category.items()),
         "top_clients": _top_clients(connection, boundary, edge),
@@ -122,6 +131,32 @@ def _top_clients(connection: Connection, boundary: int, edge: Aggregate) -> list
         counts[client] = counts.get(client, 0) + n
     top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:10]
     return [{"client": client, "requests": n} for client, n in top]
+
+
+def _client_apps(connection: Connection, boundary: int, edge: Aggregate) -> list[dict[str, Any]]:
+    c = hourly_apps.c
+    sums: dict[str, list[int]] = {
+        app: [int(n), int(p), int(t)]
+        for app, n, p, t in connection.execute(
+            select(
+                c.client_app,
+                func.sum(c.requests),
+                func.sum(c.prompt_tokens),
+                func.sum(c.completion_tokens),
+            )
+            .where(c.hour >= boundary)
+            .group_by(c.client_app)
+        )
+    }
+    for (_hour, app), counts in edge.apps.items():
+        into = sums.setdefault(app, [0, 0, 0])
+        for i, n in enumerate(counts):
+            into[i] += n
+    ordered = sorted(sums.items(), key=lambda item: (-item[1][0], item[0]))
+    return [
+        {"name": app, "requests": n, "prompt_tokens": p, "completion_tokens": t}
+        for app, (n, p, t) in ordered
+    ]
 
 
 def _histograms(

@@ -97,7 +97,19 @@ hourly_clients = Table(
     Column("requests", BigInteger, nullable=False),
 )
 
-# Histograms of duration_s and ttft_s ("metric"), in log-spaced buckets (rollups.bucket).
+# Per hour and client application: requests and the tokens Ollama counted for them.
+hourly_apps = Table(
+    "requests_hourly_apps",
+    metadata,
+    Column("hour", BigInteger, primary_key=True),
+    Column("client_app", String(32), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+)
+
+# Histograms ("metric") of duration_s ("duration"), ttft_s ("ttft"), queue_wait_s ("queue")
+# and max_gap_s ("gap"), in log-spaced buckets (rollups.bucket).
 hourly_latency = Table(
     "requests_hourly_latency",
     metadata,

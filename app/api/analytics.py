@@ -141,16 +141,28 @@ def create_analytics_router(
         key: str | None = Query(
             None, max_length=64, description="Name of the API key the requests presented."
         ),
+        client_app: str | None = Query(
+            None, max_length=64, description="The application that sent the requests."
+        ),
         prompt_search: str | None = Query(
             None, max_length=1000, description="Words that must all occur in prompt or response."
         ),
         start_time: str | None = Query(None, description="Unix seconds or ISO-8601."),
         end_time: str | None = Query(None, description="Unix seconds or ISO-8601."),
         min_duration: float | None = Query(None, ge=0, description="Seconds."),
+        min_queue_wait: float | None = Query(
+            None, ge=0, description="Seconds Ollama held the request waiting (for a slot)."
+        ),
         limit: int = Query(50, ge=1, le=1000),
         cursor: str | None = Query(None, pattern=_ULID, description="next_cursor of a page."),
     ) -> SearchResult:
-        texts = {"model": model, "endpoint": endpoint, "category": category, "key": key}
+        texts = {
+            "model": model,
+            "endpoint": endpoint,
+            "category": category,
+            "key": key,
+            "client_app": client_app,
+        }
         _reject_nul({**texts, "prompt_search": prompt_search})
         query = SearchQuery(
             model=model or None,
@@ -158,10 +170,12 @@ def create_analytics_router(
             category=category,
             status=status,
             api_key=key,
+            client_app=client_app,
             prompt_search=prompt_search,
             start_time=parse_time(start_time, "start_time"),
             end_time=parse_time(end_time, "end_time"),
             min_duration=min_duration,
+            min_queue_wait=min_queue_wait,
             limit=limit,
             cursor=cursor,
         )

@@ -144,6 +144,30 @@ class Instruments:
             ("model",),
             DURATION_BUCKETS,
         )
+        self.queue_wait = histogram(
+            "ollama_queue_wait_seconds",
+            "Time Ollama held a request without working on it: total − load − prompt eval − "
+            "eval (mostly the wait for a free parallel slot). Native generate and chat.",
+            ("model",),
+            OLLAMA_PHASE_BUCKETS,
+        )
+        self.stream_max_gap = histogram(
+            "ollama_stream_max_gap_seconds",
+            "Streams: the longest pause between two chunks of the answer.",
+            ("model",),
+            OLLAMA_PHASE_BUCKETS,
+        )
+        self.client_requests = counter(
+            "ollama_client_requests",
+            "Requests by the application that sent them (User-Agent, X-Title, X-Client-Name).",
+            ("client_app",),
+        )
+        self.client_tokens = counter(
+            "ollama_client_tokens",
+            "Tokens as Ollama counted them, by the application that asked: type is prompt or "
+            "completion.",
+            ("client_app", "type"),
+        )
         self.in_flight = Gauge(
             "ollama_requests_in_flight",
             "Requests forwarded to Ollama and not yet answered in full.",
@@ -203,6 +227,10 @@ class Instruments:
         self._tokens_per_second = Children(self.tokens_per_second)
         self._ttft = Children(self.ttft)
         self._upstream_errors = Children(self.upstream_errors)
+        self._queue_wait = Children(self.queue_wait)
+        self._stream_max_gap = Children(self.stream_max_gap)
+        self._client_requests = Children(self.client_requests)
+        self._client_tokens = Children(self.client_tokens)
 
     # -- the sink interface of app.exchange ------------------------------------------------
 
@@ -269,6 +297,16 @@ class Instruments:
             self._tokens_per_second(model, "prompt").observe(rate)
         if (rate := record.tokens_per_second) is not None:
             self._tokens_per_second(model, "generation").observe(rate)
+        if record.queue_wait_s is not None:
+            self._queue_wait(model).observe(record.queue_wait_s, exemplar)
+        if record.max_gap_s is not None:
+            self._stream_max_gap(model).observe(record.max_gap_s, exemplar)
+        app = record.client_app
+        self._client_requests(app).inc()
+        if record.prompt_tokens:
+            self._client_tokens(app, "prompt").inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self._client_tokens(app, "completion").inc(record.completion_tokens)
         self._genai(record, model, exemplar)
 
     def _genai(self, record: ExchangeRecord, model: str, exemplar: dict[str, str]) -> None:

@@ -320,6 +320,10 @@
       card("Tokens", `${fmtCompact(t.prompt_total)} → ${fmtCompact(t.completion_total)}`,
         "prompt → completion", "tokens"),
       card("Tokens/s", fmtRate(stats.tokens_per_second_avg), "average generation speed", "tokens_per_second"),
+      card("Queue wait p50 / p95", `${fmtSeconds(stats.queue_wait.p50_s)} / ${fmtSeconds(stats.queue_wait.p95_s)}`,
+        "waiting for a free slot in Ollama", "queue_wait"),
+      card("Client apps", fmtInt(stats.client_apps.length),
+        stats.client_apps.slice(0, 3).map((a) => `${a.name} ${fmtInt(a.requests)}`).join(" · "), "client_apps"),
     );
     const buckets = bucketise(stats.hourly, stats.since);
     $("chart-requests").replaceChildren(barChart(buckets, [
@@ -399,6 +403,8 @@
       ["latency p95", stats.latency.p95_s, "s-ok"],
       ["TTFT p50", stats.ttft.p50_s, "s-prompt"],
       ["TTFT p95", stats.ttft.p95_s, "s-prompt"],
+      ["queue wait p95", stats.queue_wait.p95_s, "s-load"],
+      ["stream pause p95", stats.stream_max_gap.p95_s, "s-load"],
     ];
     return horizontalBars(rows, "percentiles");
   }
@@ -526,6 +532,7 @@
         ["cancelled / truncated", "flags", `${r.cancelled ? "cancelled" : "not cancelled"} / ${r.truncated ? "truncated" : "complete"}`],
         ["client", "client", r.client],
         ["user agent", "user_agent", r.user_agent || "—"],
+        ["client app", "client_app", r.client_app || "—"],
         ["API key", "api_key", r.api_key || "—"],
         ["bytes in / out", "bytes", `${fmtInt(r.request_bytes)} / ${fmtInt(r.response_bytes)}`],
       ]),
@@ -535,9 +542,11 @@
         ["proxy total", "duration_s", fmtSeconds(r.duration_s), r.duration_s],
         ["time to first token", "ttft_s", fmtSeconds(r.ttft_s), r.ttft_s],
         ["Ollama total", "ollama_total_s", fmtSeconds(r.ollama_total_s), r.ollama_total_s],
-        ["load (and queue)", "ollama_load_s", fmtSeconds(r.ollama_load_s), r.ollama_load_s],
+        ["load", "ollama_load_s", fmtSeconds(r.ollama_load_s), r.ollama_load_s],
         ["prompt eval", "ollama_prompt_eval_s", fmtSeconds(r.ollama_prompt_eval_s), r.ollama_prompt_eval_s],
         ["generation", "ollama_eval_s", fmtSeconds(r.ollama_eval_s), r.ollama_eval_s],
+        ["queue wait (for a slot)", "queue_wait_s", fmtSeconds(r.queue_wait_s), r.queue_wait_s],
+        ["longest stream pause", "max_gap_s", fmtSeconds(r.max_gap_s), r.max_gap_s],
         ["outside Ollama", "outside_s", fmtSeconds(outside), outside],
       ]),
       el("h3", null, "Tokens"),

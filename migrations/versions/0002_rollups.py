@@ -1,10 +1,10 @@
 """Hourly rollups for the stats, (filter, id) indexes for newest-first search, and (SQLite)
 a full-text index over the rows' own text, keyed by their rowid.
 
-The rollups are built from the rows already stored, by the same code the store uses for
-every batch (``app.analytics.rollups``). On SQLite ``requests_fts`` becomes an
-external-content FTS5 table (``content='requests'``: the text is no longer stored twice)
-whose rowid is the row's rowid.
+The rollups are created empty here and built from the rows already stored by 0004, with
+the same code the store uses for every batch (``app.analytics.rollups``). On SQLite
+``requests_fts`` becomes an external-content FTS5 table (``content='requests'``: the text
+is no longer stored twice) whose rowid is the row's rowid.
 
 Revision ID: 0002
 Revises: 0001
@@ -17,8 +17,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
-from app.analytics import rollups
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -70,7 +68,8 @@ def upgrade() -> None:
             f"content = 'requests', content_rowid = 'rowid', {TOKENIZE})"
         )
         op.execute("INSERT INTO requests_fts (requests_fts) VALUES ('rebuild')")
-    rollups.rebuild(op.get_bind())
+    # The rollups are filled from the rows by the last migration that changes what they
+    # hold (0004), with the code that matches the tables of that revision.
 
 
 def downgrade() -> None:

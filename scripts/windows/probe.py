@@ -4,7 +4,7 @@
 
 Each check prints one line saying what it saw. The proxy's answers are compared with the
 emulator's own answers to the same requests, after the values that differ between any two
-identical requests to Ollama (timestamps) are masked.
+identical requests to Ollama (timestamps, the measured total_duration) are masked.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ MODEL = "llama3.2"
 # A prompt the bundled category rules file as "translate" (the fallback would be "other").
 TRANSLATE = "Translate 'good morning' into French"
 _CREATED = re.compile(rb'"created_at":"[^"]*"')
+_TOTAL = re.compile(rb'"total_duration":\d+')
 
 
 class CheckFailed(Exception):
@@ -37,7 +38,7 @@ def expect(condition: bool, message: str) -> None:
 
 
 def masked(body: bytes) -> bytes:
-    return _CREATED.sub(b'"created_at":"T"', body)
+    return _TOTAL.sub(b'"total_duration":0', _CREATED.sub(b'"created_at":"T"', body))
 
 
 def same_answer(proxy: str, upstream: str, method: str, path: str, body: object = None) -> bytes:

@@ -1,5 +1,5 @@
 """The hourly rollups, on SQLite and the real PostgreSQL: they always equal an aggregation
-from scratch (after writes, retries, retention and the 0002 backfill), hours split rows
+from scratch (after writes, retries, retention and the migrations' backfill), hours split rows
 exactly, and a percentile's bucket value stays within its bucket."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from sqlalchemy import inspect, select, text
 from app.analytics import migrate, rollups
 from app.analytics.rollups import Aggregate, bucket
 from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
-from app.analytics.tables import hourly, hourly_clients, hourly_latency, requests
+from app.analytics.tables import hourly, hourly_apps, hourly_clients, hourly_latency, requests
+from app.categories.apps import ClientApps
 from tests.conftest import PostgresDatabases
 from tests.support import NOW, SQL_STORES, analytics_rows
 
@@ -48,6 +49,12 @@ def stored_rollups(store: SqlStore) -> Aggregate:
             stored.groups[key] = [row[name] for name in rollups.SUMS]
         for row in connection.execute(select(hourly_clients)).mappings():
             stored.clients[(row["hour"], row["client"])] = row["requests"]
+        for row in connection.execute(select(hourly_apps)).mappings():
+            stored.apps[(row["hour"], row["client_app"])] = [
+                row["requests"],
+                row["prompt_tokens"],
+                row["completion_tokens"],
+            ]
         for row in connection.execute(select(hourly_latency)).mappings():
             stored.latency[(row["hour"], row["metric"], row["bucket"])] = row["count"]
     return stored
@@ -57,6 +64,7 @@ def assert_rollups_match(store: SqlStore, rows: list[dict[str, Any]]) -> None:
     want = Aggregate().add(rows)
     got = stored_rollups(store)
     assert got.clients == want.clients
+    assert got.apps == want.apps
     assert got.latency == want.latency
     assert got.groups.keys() == want.groups.keys()
     for key, sums in want.groups.items():
@@ -84,12 +92,27 @@ def test_retention_keeps_the_rollups_consistent(store: SqlStore, offset: float) 
     assert stats["total_requests"] == len(kept)
 
 
-def test_migration_0002_backfills_the_rollups_and_downgrades(url: str) -> None:
+# What migration 0004 added to each row: before it, a row has none of these.
+ADDED_BY_0004 = ("client_app", "queue_wait_s", "max_gap_s")
+
+
+def after_0004(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as migration 0004 leaves rows written before it: the client app named from the
+    User-Agent (oldest first, so first come first served), no queue wait, no stream gap."""
+    apps = ClientApps()
+    return [
+        {**r, "client_app": apps(r["user_agent"]), "queue_wait_s": None, "max_gap_s": None}
+        for r in sorted(rows, key=lambda r: r["id"])
+    ]
+
+
+def test_the_migrations_backfill_the_rollups_and_downgrade(url: str) -> None:
     engine = create_store_engine(url)
     migrate.upgrade(engine, "0001")
-    rows = ROWS[:2000]
+    old = [{k: v for k, v in r.items() if k not in ADDED_BY_0004} for r in ROWS[:2000]]
+    rows = after_0004(old)
     with engine.begin() as connection:
-        connection.execute(requests.insert(), rows)
+        connection.execute(requests.insert(), old)
         if engine.dialect.name == "sqlite":
             connection.execute(
                 text("INSERT INTO requests_fts (id, prompt, response) VALUES (:id, :p, :r)"),
@@ -115,7 +138,8 @@ def test_migration_0002_backfills_the_rollups_and_downgrades(url: str) -> None:
             ).all()
         assert [h[0] for h in hits] == [ROWS[2050]["id"]]
     migrate.upgrade(engine)
-    assert_rollups_match(store, ROWS[:2100])
+    # Down and up again: what 0004 added is named again from the rows.
+    assert_rollups_match(store, after_0004(ROWS[:2100]))
     engine.dispose()
 
 

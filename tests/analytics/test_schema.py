@@ -29,8 +29,8 @@ from tests.support import SQL_STORES, sample_record
 
 # Two fields of the kind the next issues add: what storing one more takes is its line.
 NODE = Stored("node", "label", 64, nullable=True, filtered=True)
-QUEUE_WAIT = Stored("queue_wait_s", "seconds", nullable=True, summary=False)
-EXTENDED = (*STORED, NODE, QUEUE_WAIT)
+COLD_LOAD = Stored("cold_load_s", "seconds", nullable=True, summary=False)
+EXTENDED = (*STORED, NODE, COLD_LOAD)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class NodeRecord(ExchangeRecord):
     """A record with the two fields of ``EXTENDED`` (as ExchangeRecord will have them)."""
 
     node: str | None = None
-    queue_wait_s: float | None = None
+    cold_load_s: float | None = None
 
 
 @pytest.fixture(params=SQL_STORES)
@@ -98,8 +98,8 @@ def test_the_migrations_make_exactly_the_declared_tables(migrated: Engine) -> No
 def test_a_field_declared_without_its_migration_is_a_difference(migrated: Engine) -> None:
     found = differences(migrated, declared_with(EXTENDED))
     assert sorted((d[0], d[-1].name) for d in found) == [
+        ("add_column", "cold_load_s"),
         ("add_column", "node"),
-        ("add_column", "queue_wait_s"),
         ("add_index", "ix_requests_node_id"),
     ]
 
@@ -156,23 +156,23 @@ def test_a_declared_field_reaches_table_row_and_api() -> None:
     assert isinstance(table.c.node.type, String)
     assert table.c.node.type.length == 64
     assert table.c.node.nullable
-    assert table.c.queue_wait_s.nullable
+    assert table.c.cold_load_s.nullable
     assert "ix_requests_node_id" in {index.name for index in table.indexes}
 
-    record = NodeRecord(**dataclasses.asdict(sample_record()), node="n" * 100, queue_wait_s=0.25)
+    record = NodeRecord(**dataclasses.asdict(sample_record()), node="n" * 100, cold_load_s=0.25)
     row = to_row(record, store_prompts=True, max_text_bytes=BUDGET, fields=EXTENDED)
     assert list(row) == names(EXTENDED)
-    assert (row["node"], row["queue_wait_s"]) == ("n" * 64, 0.25)
+    assert (row["node"], row["cold_load_s"]) == ("n" * 64, 0.25)
     assert json.loads(compact_json(row))["node"] == "n" * 64
 
     summary, full = response_models(EXTENDED)
     assert "node" in summary.model_fields
-    assert "queue_wait_s" not in summary.model_fields
+    assert "cold_load_s" not in summary.model_fields
     assert list(full.model_fields) == served(
         [f.name for f in EXTENDED if f.summary] + [f.name for f in EXTENDED if not f.summary]
     )
     presented = {**row, "timestamp": "2026-01-01T00:00:00Z", "unix_time": row["timestamp"]}
-    assert full(**presented).model_dump()["queue_wait_s"] == 0.25
+    assert full(**presented).model_dump()["cold_load_s"] == 0.25
 
 
 def test_a_declared_field_is_stored(tmp_path: Path) -> None:
@@ -184,6 +184,6 @@ def test_a_declared_field_is_stored(tmp_path: Path) -> None:
     row = to_row(record, store_prompts=True, max_text_bytes=BUDGET, fields=EXTENDED)
     with engine.begin() as connection:
         connection.execute(insert(table), [row])
-        stored = connection.execute(select(table.c.node, table.c.queue_wait_s)).one()
+        stored = connection.execute(select(table.c.node, table.c.cold_load_s)).one()
     engine.dispose()
     assert tuple(stored) == ("gpu-1", None)

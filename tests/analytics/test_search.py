@@ -28,6 +28,17 @@ def test_paging_returns_every_record_once_newest_first(loaded_store: SqlStore) -
     assert seen == [r["id"] for r in newest_first(model="qwen3:latest")]
 
 
+def test_queue_wait_and_client_app_filter(loaded_store: SqlStore) -> None:
+    rows, _ = loaded_store.search(SearchQuery(min_queue_wait=2.5, client_app="curl", limit=1000))
+    expected = [
+        r["id"]
+        for r in newest_first(client_app="curl")
+        if r["queue_wait_s"] is not None and r["queue_wait_s"] >= 2.5
+    ]
+    assert expected
+    assert [r["id"] for r in rows] == expected
+
+
 def test_a_model_is_found_by_the_name_as_ollama_resolves_it(loaded_store: SqlStore) -> None:
     resolved, _ = loaded_store.search(SearchQuery(model="qwen3:latest", limit=1000))
     as_typed, _ = loaded_store.search(SearchQuery(model="qwen3", limit=1000))

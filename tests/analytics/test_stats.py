@@ -53,6 +53,26 @@ def test_stats_are_computed_right(loaded_store: SqlStore) -> None:
     assert 24 <= len(stats["hourly"]) <= 25
 
 
+@pytest.mark.parametrize("since", [NOW - 86400, rollups.hour_of(NOW - 86400), 0])
+def test_the_diagnostics_equal_the_exact_computation(loaded_store: SqlStore, since: float) -> None:
+    stats = loaded_store.stats(since)
+    window = [r for r in ROWS if r["timestamp"] >= since]
+    for key, field in (("queue_wait", "queue_wait_s"), ("stream_max_gap", "max_gap_s")):
+        values = [r[field] for r in window if r[field] is not None]
+        for fraction, percentile in ((0.5, "p50_s"), (0.95, "p95_s")):
+            assert same_bucket(stats[key][percentile], nearest(fraction, values)), key
+    apps = {a["name"]: a for a in stats["client_apps"]}
+    assert set(apps) == {"ollama-python", "openai-python", "curl"}
+    for name, app in apps.items():
+        rows = [r for r in window if r["client_app"] == name]
+        assert app["requests"] == len(rows)
+        assert app["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows)
+        assert app["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
+    assert [a["requests"] for a in stats["client_apps"]] == sorted(
+        (a["requests"] for a in stats["client_apps"]), reverse=True
+    )
+
+
 @pytest.mark.parametrize(
     "since",
     [

@@ -204,3 +204,26 @@ def test_record_ids_sort_by_time_and_are_unique() -> None:
     assert ids == sorted(ids)
     assert len({new_record_id(1.0) for _ in range(1000)}) == 1000
     assert all(len(i) == 26 for i in ids)
+
+
+def test_diagnostics_are_counted_per_model_and_client_app(
+    metrics: tuple[Instruments, CollectorRegistry],
+) -> None:
+    instruments, registry = metrics
+    value = registry.get_sample_value
+    model = {"model": "llama3.2:latest"}
+    finish(instruments, queue_wait_s=0.4, max_gap_s=1.5, client_app="ollama-python")
+    finish(instruments, queue_wait_s=0.0, max_gap_s=None, client_app="ollama-python")
+    finish(instruments, queue_wait_s=None, client_app="curl", prompt_tokens=None)
+    assert value("ollama_queue_wait_seconds_count", model) == 2
+    assert value("ollama_queue_wait_seconds_sum", model) == pytest.approx(0.4)
+    assert value("ollama_stream_max_gap_seconds_count", model) == 1
+    assert value("ollama_stream_max_gap_seconds_sum", model) == 1.5
+    assert value("ollama_client_requests_total", {"client_app": "ollama-python"}) == 2
+    assert value("ollama_client_requests_total", {"client_app": "curl"}) == 1
+    tokens = {"client_app": "ollama-python", "type": "prompt"}
+    assert value("ollama_client_tokens_total", tokens) == 2 * BASE.prompt_tokens  # type: ignore[operator]
+    assert value("ollama_client_tokens_total", {"client_app": "curl", "type": "prompt"}) is None
+    assert value("ollama_client_tokens_total", {"client_app": "curl", "type": "completion"}) == (
+        BASE.completion_tokens
+    )

@@ -1,0 +1,85 @@
+"""Diagnostics on every record: the client application, Ollama's queue wait, the longest
+pause of a stream; per-hour client-application rollups and the queue-wait and stream-gap
+histograms.
+
+Rows written before have their ``client_app`` named from their stored User-Agent (the
+X-Title / X-Client-Name headers were not kept), and no queue wait or gap (NULL). Then every
+rollup is rebuilt from the rows, with the code of this revision: this is the migration that
+fills them (0002 made them empty), so a store at any earlier revision ends with rollups that
+agree with its rows.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from app.analytics import rollups
+from app.categories.apps import ClientApps
+
+revision: str = "0004"
+down_revision: str | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+BATCH = 10_000
+
+
+def upgrade() -> None:
+    op.add_column(
+        "requests", sa.Column("client_app", sa.String(32), nullable=False, server_default="")
+    )
+    op.add_column("requests", sa.Column("queue_wait_s", sa.Double, nullable=True))
+    op.add_column("requests", sa.Column("max_gap_s", sa.Double, nullable=True))
+    op.create_index("ix_requests_client_app_id", "requests", ["client_app", "id"])
+    op.create_table(
+        "requests_hourly_apps",
+        sa.Column("hour", sa.BigInteger, primary_key=True),
+        sa.Column("client_app", sa.String(32), primary_key=True),
+        sa.Column("requests", sa.BigInteger, nullable=False),
+        sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+        sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+    )
+    _name_the_apps(op.get_bind())
+    rollups.rebuild(op.get_bind())
+
+
+def _name_the_apps(connection: sa.Connection) -> None:
+    """``client_app`` of the rows already stored, from their User-Agent, oldest first (so
+    the first-come names are the ones that came first), in batches."""
+    apps = ClientApps()
+    table = sa.table(
+        "requests", sa.column("id", sa.String), sa.column("user_agent"), sa.column("client_app")
+    )
+    after = ""
+    while True:
+        rows = connection.execute(
+            sa.select(table.c.id, table.c.user_agent)
+            .where(table.c.id > after)
+            .order_by(table.c.id)
+            .limit(BATCH)
+        ).all()
+        if not rows:
+            return
+        connection.execute(
+            table.update().where(table.c.id == sa.bindparam("row_id")),
+            [{"row_id": row_id, "client_app": apps(agent or "")} for row_id, agent in rows],
+        )
+        after = rows[-1][0]
+
+
+def downgrade() -> None:
+    # The histograms of 0003 are those of duration and time to first token only.
+    op.execute("DELETE FROM requests_hourly_latency WHERE metric IN ('queue', 'gap')")
+    op.drop_table("requests_hourly_apps")
+    op.drop_index("ix_requests_client_app_id", table_name="requests")
+    # SQLite (3.35+) and PostgreSQL both drop a column in place.
+    op.drop_column("requests", "max_gap_s")
+    op.drop_column("requests", "queue_wait_s")
+    op.drop_column("requests", "client_app")
