@@ -22,6 +22,7 @@ from typing import Any
 
 from bench import (
     categories,
+    diagnostics,
     machine,
     memory,
     nginx,
@@ -87,6 +88,7 @@ def micro(plan: Any) -> dict[str, Any]:
     return {
         "categories": categories.run(prompts=plan.category_prompts, rounds=plan.category_rounds),
         "parsers": parsers.run(rounds=plan.parser_rounds),
+        "diagnostics": diagnostics.run(rounds=plan.parser_rounds, calls=plan.diagnostic_calls),
     }
 
 
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         data["analytics"] = store.run(plan)
         print(f"  {data['analytics'].get('status')}", flush=True)
     if "micro" in args.scenarios:
-        print("categoriser and parsers:", flush=True)
+        print("categoriser, parsers and diagnostics:", flush=True)
         data["micro"] = micro(plan)
     checks = judged.upstream_check(scenarios)
     command = "python -m bench" + {"full": "", "quick": " --quick", "smoke": " --smoke"}[plan.mode]

@@ -39,6 +39,8 @@ class Plan:
     paced_streams: int = 256
     paced_tokens: int = 300
     paced_interval_ms: int = 10
+    # Records per timed round of bench.diagnostics.
+    diagnostic_calls: int = 20_000
 
     @property
     def smoke(self) -> bool:
@@ -92,6 +94,7 @@ SMOKE = Plan(
     series_every=20,
     analytics_records=1_000,
     parser_rounds=1,
+    diagnostic_calls=200,
     category_prompts=50,
     category_rounds=1,
     paced_streams=8,

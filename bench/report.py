@@ -16,7 +16,7 @@ SECTIONS = (
     "## 2. Streaming relay",
     "## 3. Memory",
     "## 4. Analytics",
-    "## 5. Categoriser and parsers",
+    "## 5. Categoriser, parsers and diagnostics",
     "## How each number is measured",
 )
 METHOD = """\
@@ -53,8 +53,10 @@ METHOD = """\
   least-squares fit after the first sample, in MB per 100,000 requests.
 - **Analytics**: `bench/analytics.py` (its own method and targets).
 - **Micro-benchmarks**: `bench.categories.run` (µs per prompt, fastest of the rounds per
-  prompt) and `bench.parsers.run` (µs per stream chunk, fastest pass over a 1,000-token
-  stream).
+  prompt), `bench.parsers.run` (µs per stream chunk, fastest pass over a 1,000-token
+  stream) and `bench.diagnostics.run` (µs per record through the Prometheus instruments with
+  and without the diagnostics — queue wait, stream pause, client app — and per client-app
+  classification; "added" is what the diagnostics cost one request).
 """
 
 
@@ -288,7 +290,7 @@ def render(data: dict[str, Any]) -> str:
         if analytics.get("postgres"):
             out += [f"PostgreSQL: {analytics['postgres']}."]
         out += ["", "```json", body, "```", ""]
-    out += ["## 5. Categoriser and parsers", ""]
+    out += ["## 5. Categoriser, parsers and diagnostics", ""]
     micro = data.get("micro") or {}
     if "categories" in micro:
         cats = micro["categories"]
@@ -311,6 +313,11 @@ def render(data: dict[str, Any]) -> str:
                 [key.removesuffix("_us_per_chunk"), _num(value), _num(1e6 / value)]
                 for key, value in micro["parsers"].items()
             ],
+        )
+    if "diagnostics" in micro:
+        out += _table(
+            ["diagnostics", "µs"],
+            [[key.removesuffix("_us"), _num(value)] for key, value in micro["diagnostics"].items()],
         )
     if not micro:
         out += ["Not run.", ""]

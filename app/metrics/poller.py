@@ -118,18 +118,22 @@ class LoadedModelsCollector(Collector):
             # Unknown: empty families, and no count at all rather than a false 0.
             yield from self._families()
             return
-        loaded, size, vram = self._families()
+        loaded, size, vram, ratio = self._families()
         for entry in snapshot.models:
             loaded.add_metric([entry.model], 1)
             if entry.size is not None:
                 size.add_metric([entry.model], entry.size)
             if entry.size_vram is not None:
                 vram.add_metric([entry.model], entry.size_vram)
-        yield from (loaded, size, vram)
+                if entry.size:  # placement: 1 on the GPU, 0 on the CPU, between: split
+                    ratio.add_metric([entry.model], min(entry.size_vram / entry.size, 1.0))
+        yield from (loaded, size, vram, ratio)
         yield _count_family(snapshot.count)
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[
+        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
+    ]:
         return (
             GaugeMetricFamily(
                 "ollama_model_loaded", "1 for each model Ollama holds in memory.", labels=["model"]
@@ -139,6 +143,12 @@ class LoadedModelsCollector(Collector):
             ),
             GaugeMetricFamily(
                 "ollama_model_vram_bytes", "Part of a loaded model held in VRAM.", labels=["model"]
+            ),
+            GaugeMetricFamily(
+                "ollama_model_vram_ratio",
+                "size_vram / size of a loaded model: 1 all on the GPU, 0 all on the CPU, "
+                "between: partly offloaded to the CPU (slower).",
+                labels=["model"],
             ),
         )
 

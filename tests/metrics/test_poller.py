@@ -340,3 +340,27 @@ def test_a_bad_interval_or_url_fails_at_construction() -> None:
             ModelPoller(http=http, url="http://[::1", interval=1, collector=collector)
 
     run(scenario)
+
+
+@pytest.mark.process
+def test_the_vram_ratio_says_where_each_model_runs() -> None:
+    async def scenario(http: httpx.AsyncClient) -> None:
+        with ScriptedServer() as server:
+            rig = Rig(http, server.url, interval=1.0)
+            server.answer(
+                {
+                    "models": [
+                        entry("gpu", 1000, 1000),
+                        entry("mixed", 1000, 620),
+                        entry("cpu", 1000, 0),
+                        entry("empty", 0, 0),  # no size: no ratio, not a division by zero
+                    ]
+                }
+            )
+            assert await rig.poller.poll_once()
+            assert rig.value("ollama_model_vram_ratio", "gpu") == 1.0
+            assert rig.value("ollama_model_vram_ratio", "mixed") == 0.62
+            assert rig.value("ollama_model_vram_ratio", "cpu") == 0.0
+            assert rig.value("ollama_model_vram_ratio", "empty") is None
+
+    run(scenario)
