@@ -47,6 +47,7 @@ class Recorder:
         sinks: Sequence[Sink],
         categorise: Callable[[str], str],
         client_app: Callable[[str, str, str], str] = lambda user_agent, title, name: "",
+        context_of: Callable[[str], int | None] = lambda model: None,
         inject_usage: bool = True,
         text_limit: int = 1 << 20,
         max_json_bytes: int = 64 << 20,
@@ -54,6 +55,7 @@ class Recorder:
         self.sinks = tuple(sinks)
         self.categorise = categorise
         self.client_app = client_app
+        self.context_of = context_of
         self.inject_usage = inject_usage
         self.text_limit = text_limit
         self.max_json_bytes = max_json_bytes
@@ -227,6 +229,10 @@ class ExchangeTap:
         scope = self.scope
         client = scope.get("client")
         user_agent = _header(scope, b"user-agent")
+        model = recorded_model(self.facts.model or answer.model or "", status)
+        context = None
+        if self.endpoint.operation in ("chat", "text_completion"):
+            context = self.facts.num_ctx or self.recorder.context_of(model)
         return ExchangeRecord(
             id=self.id,
             timestamp=self.started_wall,
@@ -235,7 +241,7 @@ class ExchangeTap:
             endpoint=self.endpoint.label,
             operation=self.endpoint.operation,
             # What the request named; for one too large to read, what the answer named.
-            model=recorded_model(self.facts.model or answer.model or "", status),
+            model=model,
             category=self.category,
             client=client[0] if client else "",
             user_agent=user_agent,
@@ -269,7 +275,31 @@ class ExchangeTap:
             # Only native generate and chat report every phase (an embed has no prompt eval).
             queue_wait_s=_queue_wait(answer) if self.endpoint.shape in NATIVE else None,
             max_gap_s=self.max_gap if streamed and self.last_chunk_at is not None else None,
+            context_tokens=context,
+            truncation=_truncation(answer, context),
         )
+
+
+# The done reasons of a generation that stopped at its token limit: native and OpenAI
+# ("length"), Anthropic ("max_tokens"), the Responses API ("max_output_tokens").
+_OUTPUT_LIMIT = frozenset({"length", "max_tokens", "max_output_tokens"})
+
+
+def _truncation(answer: Answer, context: int | None) -> str | None:
+    """``prompt`` when the prompt reached the length Ollama cuts an over-long prompt to, with
+    context shift on (llm/llama_server.go ``contextShiftPromptLimit(num_ctx, num_keep + 1)``,
+    num_keep 4): its start was cut, or it alone filled half the context; ``output`` when the
+    generation stopped at its limit."""
+    prompt = answer.prompt_tokens
+    if context and context > 1 and prompt is not None and prompt >= _cut_length(context):
+        return "prompt"
+    if answer.done_reason in _OUTPUT_LIMIT:
+        return "output"
+    return None
+
+
+def _cut_length(context: int) -> int:
+    return context - max((context - 5) // 2, 1)
 
 
 def _queue_wait(answer: Answer) -> float | None:

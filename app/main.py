@@ -71,10 +71,15 @@ class ProxyApp:
             if settings.prompt_category_rules
             else Categoriser.default()
         )
+        # The last /api/ps poll: what context each model is loaded with (no poller: unknown).
+        loaded_models = (
+            LoadedModelsCollector(registry=self.registry) if settings.ps_poll_interval > 0 else None
+        )
         recorder = Recorder(
             sinks=sinks,
             categorise=categoriser.categorise,
             client_app=ClientApps(),
+            context_of=loaded_models.context_length if loaded_models else lambda model: None,
             inject_usage=settings.usage_injection,
             text_limit=max(settings.analytics_max_text_bytes, 1),
         )
@@ -90,12 +95,12 @@ class ProxyApp:
             timeout=httpx.Timeout(10.0), headers={"Authorization": auth} if auth else None
         )
         self.poller: ModelPoller | None = None
-        if settings.ps_poll_interval > 0:
+        if loaded_models is not None:
             self.poller = ModelPoller(
                 http=self.http,
                 url=self.upstream.public_url,
                 interval=settings.ps_poll_interval,
-                collector=LoadedModelsCollector(registry=self.registry),
+                collector=loaded_models,
                 on_result=self.instruments.upstream_answered,
             )
         self.api = create_api(

@@ -92,6 +92,19 @@ class ExchangeRecord:
     queue_wait_s: float | None = None
     # Streams: the longest pause between two chunks of the answer.
     max_gap_s: float | None = None
+    # The context the request ran with: its options.num_ctx, else what /api/ps said its model
+    # is loaded with; None when neither is known (never guessed).
+    context_tokens: int | None = None
+    # What was cut: "prompt" (the prompt reached the length Ollama cuts prompts to), or
+    # "output" (generation stopped at its token limit); None.
+    truncation: str | None = None
+
+    @property
+    def context_ratio(self) -> float | None:
+        """(prompt + generated tokens) / context, when all three are known."""
+        if not self.context_tokens or self.prompt_tokens is None:
+            return None
+        return (self.prompt_tokens + (self.completion_tokens or 0)) / self.context_tokens
 
     @property
     def prompt_tokens_per_second(self) -> float | None:
@@ -180,4 +193,6 @@ STORED: tuple[Stored, ...] = (
     Stored("client_app", "label", 32, filtered=True),
     Stored("queue_wait_s", "seconds", nullable=True),
     Stored("max_gap_s", "seconds", nullable=True),
+    Stored("context_tokens", "integer", nullable=True),
+    Stored("truncation", "label", 8, nullable=True, filtered=True),
 )

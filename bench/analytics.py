@@ -169,6 +169,8 @@ def make_row(corpus: Corpus, rng: random.Random, stamp: float, ref: int) -> dict
         "client_app": APPS[agent],
         "queue_wait_s": None if failed else duration * 0.05 * rng.random(),
         "max_gap_s": ttft and duration * 0.1 * rng.random(),
+        "context_tokens": 4096,
+        "truncation": "output" if rng.random() < 0.02 else None,
     }
 
 

@@ -246,6 +246,8 @@ def analytics_row(i: int, rng: random.Random) -> dict[str, Any]:
         "client_app": rng.choice(["ollama-python", "openai-python", "curl"]),
         "queue_wait_s": round(rng.uniform(0, 3), 3) if i % 3 else None,
         "max_gap_s": round(rng.uniform(0.01, 1), 3) if i % 2 else None,
+        "context_tokens": rng.choice([None, 4096, 8192]),
+        "truncation": rng.choice([None, None, None, "prompt", "output"]),
     }
 
 

@@ -772,3 +772,51 @@ def test_the_client_app_is_named_from_its_headers(sink: RecordingSink) -> None:
     tap.close(client_gone=False, error_reason=None, error=None)
     assert asked == [("curl/8.5.0", "Notes", "n")]
     assert finished(sink).client_app == "my-app"
+
+
+def context_exchange(
+    sink: RecordingSink,
+    options: dict[str, Any],
+    prompt_tokens: int,
+    done_reason: str = "stop",
+    loaded: int | None = None,
+) -> ExchangeRecord:
+    rec = recorder(sink, context_of=lambda model: loaded if model == "llama3.2:latest" else None)
+    tap = open_tap(rec, "/api/chat")
+    done = {**json.loads(CHAT_DONE), "prompt_eval_count": prompt_tokens, "done_reason": done_reason}
+    exchange_of(
+        tap, json.dumps({**CHAT_REQUEST, "options": options}).encode(), 200, NDJSON, [line(done)]
+    )
+    tap.close(client_gone=False, error_reason=None, error=None)
+    return sink.records[-1]
+
+
+def test_the_context_is_the_requests_else_the_loaded_models_else_unknown(
+    sink: RecordingSink,
+) -> None:
+    assert context_exchange(sink, {"num_ctx": 100}, 20, loaded=4096).context_tokens == 100
+    assert context_exchange(sink, {}, 20, loaded=4096).context_tokens == 4096
+    unknown = context_exchange(sink, {"num_ctx": "big"}, 20)
+    assert (unknown.context_tokens, unknown.truncation, unknown.context_ratio) == (None, None, None)
+    # 20 prompt + 3 generated tokens of 100.
+    assert sink.records[0].context_ratio == pytest.approx(0.23)
+
+
+@pytest.mark.parametrize(
+    ("prompt_tokens", "done_reason", "truncation"),
+    [
+        (53, "stop", "prompt"),  # 100 − (100 − 5) // 2: the length Ollama cuts prompts to
+        (52, "stop", None),
+        (52, "length", "output"),
+        (99, "length", "prompt"),  # the prompt's cut is the larger news
+    ],
+)
+def test_what_was_cut(
+    sink: RecordingSink, prompt_tokens: int, done_reason: str, truncation: str | None
+) -> None:
+    record = context_exchange(sink, {"num_ctx": 100}, prompt_tokens, done_reason)
+    assert record.truncation == truncation
+
+
+def test_an_output_cut_is_seen_without_a_known_context(sink: RecordingSink) -> None:
+    assert context_exchange(sink, {}, 10, "length").truncation == "output"

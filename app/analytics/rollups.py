@@ -46,6 +46,7 @@ SUMS = (
     "completion_tokens_n",
     "tokens_per_second_sum",
     "tokens_per_second_n",
+    "truncations",
 )
 # The columns of a request an aggregate reads.
 SOURCE = (
@@ -65,6 +66,7 @@ SOURCE = (
     "client_app",
     "queue_wait_s",
     "max_gap_s",
+    "truncation",
 )
 
 
@@ -136,6 +138,7 @@ class Aggregate:
             if rate is not None:
                 sums[8] += rate
                 sums[9] += 1
+            sums[10] += row["truncation"] is not None
             client = (hour, row["client"])
             clients[client] = clients.get(client, 0) + 1
             app = apps.get((hour, row["client_app"]))

@@ -56,6 +56,7 @@ class SearchQuery:
     status: int | None = None
     api_key: str | None = None  # a key's name
     client_app: str | None = None
+    truncation: str | None = None
     prompt_search: str | None = None
     start_time: float | None = None
     end_time: float | None = None
@@ -91,7 +92,7 @@ def _filters(query: SearchQuery) -> tuple[list[ColumnElement[bool]], str | None,
         # As Ollama resolves the name (``llama3.2`` is ``llama3.2:latest``), or as sent: a
         # name Ollama refused is stored as the client wrote it.
         conditions.append(c.model.in_(sorted({query.model, normalise_model(query.model)})))
-    for name in ("endpoint", "category", "status", "api_key", "client_app"):
+    for name in ("endpoint", "category", "status", "api_key", "client_app", "truncation"):
         value = getattr(query, name)
         if value is not None:
             conditions.append(c[name] == value)

@@ -59,6 +59,7 @@ def compute(connection: Connection, since: float) -> dict[str, Any]:
             "completion_avg": _ratio(total[6], total[7]),
         },
         "tokens_per_second_avg": _ratio(total[8], total[9]),
+        "truncations": int(total[10]),
         "queue_wait": {
             "p50_s": _percentile(histograms["queue"], 0.5),
             "p95_s": _percentile(histograms["queue"], 0.95),
@@ -114,6 +115,7 @@ def _breakdown(groups: Iterable[tuple[str, Sums]]) -> list[dict[str, Any]]:
             "prompt_tokens": int(sums[4]),
             "completion_tokens": int(sums[6]),
             "tokens_per_second_avg": _ratio(sums[8], sums[9]),
+            "truncations": int(sums[10]),
         }
         for name, sums in ordered
     ]

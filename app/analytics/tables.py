@@ -87,6 +87,7 @@ hourly = Table(
     Column("completion_tokens_n", BigInteger, nullable=False),
     Column("tokens_per_second_sum", Double, nullable=False),
     Column("tokens_per_second_n", BigInteger, nullable=False),
+    Column("truncations", BigInteger, nullable=False),  # prompt or output cut
 )
 
 hourly_clients = Table(

@@ -6,7 +6,7 @@ definition time, and they name dependencies local to ``create_analytics_router``
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, create_model
@@ -144,6 +144,9 @@ def create_analytics_router(
         client_app: str | None = Query(
             None, max_length=64, description="The application that sent the requests."
         ),
+        truncation: Literal["prompt", "output"] | None = Query(
+            None, description="What was cut: the prompt, or the output at its limit."
+        ),
         prompt_search: str | None = Query(
             None, max_length=1000, description="Words that must all occur in prompt or response."
         ),
@@ -171,6 +174,7 @@ def create_analytics_router(
             status=status,
             api_key=key,
             client_app=client_app,
+            truncation=truncation,
             prompt_search=prompt_search,
             start_time=parse_time(start_time, "start_time"),
             end_time=parse_time(end_time, "end_time"),

@@ -29,6 +29,8 @@ UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "midstream"
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 OLLAMA_PHASE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+CONTEXT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.25, 1.5, 2.0)
+TRUNCATION_KINDS = ("prompt", "output")
 RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000, 10000)
 
 # OpenTelemetry GenAI semantic conventions: the spec's explicit bucket boundaries.
@@ -157,6 +159,19 @@ class Instruments:
             ("model",),
             OLLAMA_PHASE_BUCKETS,
         )
+        self.context_utilization = histogram(
+            "ollama_context_utilization_ratio",
+            "(prompt + generated tokens) / the request's context (options.num_ctx, else the "
+            "loaded model's context_length); requests whose context is unknown are left out.",
+            ("model",),
+            CONTEXT_BUCKETS,
+        )
+        self.truncations = counter(
+            "ollama_truncations",
+            "Requests whose prompt reached the length Ollama cuts prompts to (kind=prompt) or "
+            "whose generation stopped at its token limit (kind=output).",
+            ("model", "kind"),
+        )
         self.client_requests = counter(
             "ollama_client_requests",
             "Requests by the application that sent them (User-Agent, X-Title, X-Client-Name).",
@@ -230,6 +245,8 @@ class Instruments:
         self._queue_wait = Children(self.queue_wait)
         self._stream_max_gap = Children(self.stream_max_gap)
         self._client_requests = Children(self.client_requests)
+        self._context_utilization = Children(self.context_utilization)
+        self._truncations = Children(self.truncations)
         self._client_tokens = Children(self.client_tokens)
 
     # -- the sink interface of app.exchange ------------------------------------------------
@@ -301,6 +318,10 @@ class Instruments:
             self._queue_wait(model).observe(record.queue_wait_s, exemplar)
         if record.max_gap_s is not None:
             self._stream_max_gap(model).observe(record.max_gap_s, exemplar)
+        if (ratio := record.context_ratio) is not None:
+            self._context_utilization(model).observe(ratio, exemplar)
+        if record.truncation in TRUNCATION_KINDS:
+            self._truncations(model, record.truncation).inc()
         app = record.client_app
         self._client_requests(app).inc()
         if record.prompt_tokens:

@@ -64,6 +64,8 @@ class LoadedModel:
     model: str
     size: int | None
     size_vram: int | None
+    # The context the model was loaded with (per slot), when Ollama said.
+    context_length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,13 @@ class LoadedModelsCollector(Collector):
             )
         self._truncating = len(distinct) > MAX_MODELS
         self._snapshot = _Snapshot(kept, len(distinct), time.monotonic() + valid_for)
+
+    def context_length(self, model: str) -> int | None:
+        """The context ``model`` is loaded with, if the live snapshot says."""
+        snapshot = self._live()
+        if snapshot is None:
+            return None
+        return next((m.context_length for m in snapshot.models if m.model == model), None)
 
     def current(self) -> tuple[LoadedModel, ...] | None:
         """The models being exported, or None when they are unknown."""
@@ -312,7 +321,10 @@ def _entry(item: Any) -> LoadedModel:
     )
     if name is None:
         raise _PollError("a models[] entry has neither model nor name")
-    return LoadedModel(name, _size(item, name, "size"), _size(item, name, "size_vram"))
+    context = item.get("context_length")
+    if isinstance(context, bool) or not isinstance(context, int) or not 0 < context < 1 << 31:
+        context = None  # older servers leave it out; junk is unknown, not a failed poll
+    return LoadedModel(name, _size(item, name, "size"), _size(item, name, "size_vram"), context)
 
 
 def _size(item: Mapping[str, Any], name: str, key: str) -> int | None:

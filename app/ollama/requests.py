@@ -8,6 +8,7 @@ receives, so the client sees the stream it would have seen without the proxy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ class RequestFacts:
     prompt: str = ""
     # The proxy added include_usage; the usage it brings must not reach the client.
     usage_injected: bool = False
+    # options.num_ctx when the request set a usable one (a positive 32-bit integer).
+    num_ctx: int | None = None
 
 
 NO_FACTS = RequestFacts()
@@ -75,6 +78,7 @@ def read_request(
         model=model,
         stream=stream,
         prompt=_prompt(endpoint, data),
+        num_ctx=_num_ctx(data.get("options")),
     )
     openai_stream = stream and endpoint.shape in ("openai_chat", "openai_completions")
     if inject_usage and exact and openai_stream:
@@ -85,11 +89,21 @@ def read_request(
             data["stream_options"] = {**options, "include_usage": True}
             rewritten = _encode(data)
             if rewritten is not None:
-                return (
-                    RequestFacts(facts.model, facts.stream, facts.prompt, usage_injected=True),
-                    rewritten,
-                )
+                return dataclasses.replace(facts, usage_injected=True), rewritten
     return facts, body
+
+
+def _num_ctx(options: object) -> int | None:
+    """``options.num_ctx`` as Ollama would use it, or None (absent, not a number, < 1; a
+    float Go's decoder would turn into an int counts as that int)."""
+    if not isinstance(options, dict):
+        return None
+    value = options.get("num_ctx")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 31:
+        return None
+    return value
 
 
 _DECODER = json.JSONDecoder()

@@ -434,7 +434,7 @@
   function renderModels(models) {
     const body = $("models").tBodies[0];
     if (!models.length) {
-      body.replaceChildren(el("tr", null, el("td", { colspan: 7, class: "empty" }, "No requests in this range.")));
+      body.replaceChildren(el("tr", null, el("td", { colspan: 8, class: "empty" }, "No requests in this range.")));
       return;
     }
     const most = Math.max(...models.map((m) => m.requests));
@@ -451,6 +451,8 @@
         el("td", { class: "num" }, fmtInt(m.prompt_tokens)),
         el("td", { class: "num" }, fmtInt(m.completion_tokens)),
         el("td", { class: "num" }, fmtRate(m.tokens_per_second_avg)),
+        el("td", { class: `num${m.truncations ? " bad-text" : ""}`, "data-field": "truncations",
+          title: "requests whose prompt or output was cut" }, fmtInt(m.truncations)),
       );
       row.title = "show this model's requests";
       return row;
@@ -554,6 +556,9 @@
         ["prompt tokens", "prompt_tokens", fmtInt(r.prompt_tokens), r.prompt_tokens],
         ["completion tokens", "completion_tokens", fmtInt(r.completion_tokens), r.completion_tokens],
         ["tokens/s", "tokens_per_second", fmtRate(r.tokens_per_second), r.tokens_per_second],
+        ["context", "context_tokens", r.context_tokens === null ? "unknown" : fmtInt(r.context_tokens), r.context_tokens],
+        ["cut", "truncation", { prompt: "the prompt filled the context: its start was cut",
+          output: "the output stopped at its token limit" }[r.truncation] || "nothing", r.truncation],
       ]),
     ];
     if (r.error || r.upstream_error) {

@@ -1,9 +1,10 @@
 """Diagnostics on every record: the client application, Ollama's queue wait, the longest
-pause of a stream; per-hour client-application rollups and the queue-wait and stream-gap
-histograms.
+pause of a stream, the request's context and what was cut (with its filter index);
+per-hour client-application rollups and the queue-wait and stream-gap histograms.
 
 Rows written before have their ``client_app`` named from their stored User-Agent (the
-X-Title / X-Client-Name headers were not kept), and no queue wait or gap (NULL). Then every
+X-Title / X-Client-Name headers were not kept), and no queue wait, gap, context or
+truncation (NULL: not known then, never guessed now). Then every
 rollup is rebuilt from the rows, with the code of this revision: this is the migration that
 fills them (0002 made them empty), so a store at any earlier revision ends with rollups that
 agree with its rows.
@@ -37,7 +38,14 @@ def upgrade() -> None:
     )
     op.add_column("requests", sa.Column("queue_wait_s", sa.Double, nullable=True))
     op.add_column("requests", sa.Column("max_gap_s", sa.Double, nullable=True))
+    op.add_column("requests", sa.Column("context_tokens", sa.Integer, nullable=True))
+    op.add_column("requests", sa.Column("truncation", sa.String(8), nullable=True))
     op.create_index("ix_requests_client_app_id", "requests", ["client_app", "id"])
+    op.create_index("ix_requests_truncation_id", "requests", ["truncation", "id"])
+    op.add_column(
+        "requests_hourly",
+        sa.Column("truncations", sa.BigInteger, nullable=False, server_default="0"),
+    )
     op.create_table(
         "requests_hourly_apps",
         sa.Column("hour", sa.BigInteger, primary_key=True),
@@ -78,7 +86,11 @@ def downgrade() -> None:
     # The histograms of 0003 are those of duration and time to first token only.
     op.execute("DELETE FROM requests_hourly_latency WHERE metric IN ('queue', 'gap')")
     op.drop_table("requests_hourly_apps")
+    op.drop_column("requests_hourly", "truncations")
+    op.drop_index("ix_requests_truncation_id", table_name="requests")
     op.drop_index("ix_requests_client_app_id", table_name="requests")
+    op.drop_column("requests", "truncation")
+    op.drop_column("requests", "context_tokens")
     # SQLite (3.35+) and PostgreSQL both drop a column in place.
     op.drop_column("requests", "max_gap_s")
     op.drop_column("requests", "queue_wait_s")

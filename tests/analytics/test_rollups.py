@@ -93,7 +93,7 @@ def test_retention_keeps_the_rollups_consistent(store: SqlStore, offset: float) 
 
 
 # What migration 0004 added to each row: before it, a row has none of these.
-ADDED_BY_0004 = ("client_app", "queue_wait_s", "max_gap_s")
+ADDED_BY_0004 = ("client_app", "queue_wait_s", "max_gap_s", "context_tokens", "truncation")
 
 
 def after_0004(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -101,7 +101,11 @@ def after_0004(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     User-Agent (oldest first, so first come first served), no queue wait, no stream gap."""
     apps = ClientApps()
     return [
-        {**r, "client_app": apps(r["user_agent"]), "queue_wait_s": None, "max_gap_s": None}
+        {
+            **r,
+            "client_app": apps(r["user_agent"]),
+            **dict.fromkeys(ADDED_BY_0004[1:]),
+        }
         for r in sorted(rows, key=lambda r: r["id"])
     ]
 

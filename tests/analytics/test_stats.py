@@ -61,6 +61,11 @@ def test_the_diagnostics_equal_the_exact_computation(loaded_store: SqlStore, sin
         values = [r[field] for r in window if r[field] is not None]
         for fraction, percentile in ((0.5, "p50_s"), (0.95, "p95_s")):
             assert same_bucket(stats[key][percentile], nearest(fraction, values)), key
+    assert stats["truncations"] == sum(1 for r in window if r["truncation"] is not None)
+    for model in stats["models"]:
+        assert model["truncations"] == sum(
+            1 for r in window if r["model"] == model["name"] and r["truncation"] is not None
+        )
     apps = {a["name"]: a for a in stats["client_apps"]}
     assert set(apps) == {"ollama-python", "openai-python", "curl"}
     for name, app in apps.items():

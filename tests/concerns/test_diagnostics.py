@@ -125,3 +125,35 @@ def test_a_stream_that_stalls_shows_its_longest_pause(slow_emulator: EmulatorSer
 
 
 TOKEN_DELAY = 0.05
+
+
+def test_a_prompt_longer_than_its_context_is_named_as_cut(
+    one_slot: tuple[EmulatorServer, ProxyProcess],
+) -> None:
+    _, proxy = one_slot
+    marker = uuid.uuid4().hex
+    cases = {
+        "long": {"prompt": f"{marker} long " + "word " * 400, "options": {"num_ctx": 100}},
+        "short": {"prompt": f"{marker} short", "options": {"num_ctx": 100}},
+        "budget": {"prompt": f"{marker} budget", "options": {"num_predict": 3}},
+    }
+    before = scrape(proxy.url)
+    for body in cases.values():
+        answer = httpx.post(
+            proxy.url + "/api/generate",
+            json={"model": "llama3.2", "stream": False, **body},
+            timeout=30,
+        )
+        assert answer.status_code == 200
+    records = {r["prompt"].split()[1]: r for r in records_of(proxy, marker, 3)}
+    # Ollama cut the long prompt to contextShiftPromptLimit(100, 5) = 53 tokens.
+    assert (records["long"]["prompt_tokens"], records["long"]["truncation"]) == (53, "prompt")
+    assert records["long"]["context_tokens"] == 100
+    assert (records["short"]["truncation"], records["short"]["context_tokens"]) == (None, 100)
+    assert records["budget"]["truncation"] == "output"
+    after = scrape(proxy.url)
+    for kind in ("prompt", "output"):
+        grown = total(after, "ollama_truncations_total", kind=kind) - total(
+            before, "ollama_truncations_total", kind=kind
+        )
+        assert grown == 1, kind

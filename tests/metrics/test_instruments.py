@@ -227,3 +227,20 @@ def test_diagnostics_are_counted_per_model_and_client_app(
     assert value("ollama_client_tokens_total", {"client_app": "curl", "type": "completion"}) == (
         BASE.completion_tokens
     )
+
+
+def test_context_use_and_truncations_are_counted(
+    metrics: tuple[Instruments, CollectorRegistry],
+) -> None:
+    instruments, registry = metrics
+    value = registry.get_sample_value
+    model = {"model": "llama3.2:latest"}
+    finish(
+        instruments, context_tokens=100, prompt_tokens=60, completion_tokens=30, truncation="prompt"
+    )
+    finish(instruments, context_tokens=None, truncation="output")
+    finish(instruments, context_tokens=1000, prompt_tokens=10, completion_tokens=0)
+    assert value("ollama_context_utilization_ratio_count", model) == 2
+    assert value("ollama_context_utilization_ratio_sum", model) == pytest.approx(0.9 + 0.01)
+    assert value("ollama_truncations_total", {**model, "kind": "prompt"}) == 1
+    assert value("ollama_truncations_total", {**model, "kind": "output"}) == 1

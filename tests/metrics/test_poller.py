@@ -364,3 +364,17 @@ def test_the_vram_ratio_says_where_each_model_runs() -> None:
             assert rig.value("ollama_model_vram_ratio", "empty") is None
 
     run(scenario)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(("sent", "read"), [(4096, 4096), ("4096", None), (-1, None), (None, None)])
+def test_the_loaded_context_is_read_and_junk_is_unknown(sent: object, read: int | None) -> None:
+    async def scenario(http: httpx.AsyncClient) -> None:
+        with ScriptedServer() as server:
+            rig = Rig(http, server.url, interval=1.0)
+            server.answer({"models": [{**entry("m", 10, 10), "context_length": sent}]})
+            assert await rig.poller.poll_once()  # junk in it does not fail the poll
+            assert rig.collector.context_length("m") == read
+            assert rig.collector.context_length("not-loaded") is None
+
+    run(scenario)

@@ -95,3 +95,25 @@ def test_usage_is_asked_for_only_on_streams_that_did_not() -> None:
     assert facts.usage_injected is False
     facts, _ = read_request(endpoint, json.dumps(body).encode(), inject_usage=False)
     assert facts.usage_injected is False
+
+
+@pytest.mark.parametrize(
+    ("options", "num_ctx"),
+    [
+        ({"num_ctx": 8192}, 8192),
+        ({"num_ctx": 8192.0}, 8192),  # Go's decoder turns an integral float into the int
+        ({"num_ctx": 0}, None),
+        ({"num_ctx": -1}, None),
+        ({"num_ctx": 1 << 40}, None),
+        ({"num_ctx": "8192"}, None),
+        ({"num_ctx": True}, None),
+        ({"num_ctx": 1e400}, None),
+        ({"num_ctx": None}, None),
+        ({}, None),
+        ("not options", None),
+    ],
+)
+def test_num_ctx_is_read_only_when_usable(options: object, num_ctx: int | None) -> None:
+    body = json.dumps({"model": "m", "prompt": "x", "options": options}).encode()
+    facts, _ = read_request(classify("/api/generate"), body, inject_usage=False)
+    assert facts.num_ctx == num_ctx
