@@ -228,7 +228,7 @@ class ExchangeTap:
             ttft = answer.first_token_at - self.started
         scope = self.scope
         client = scope.get("client")
-        user_agent = _header(scope, b"user-agent")
+        user_agent, title, client_name = _naming_headers(scope)
         model = recorded_model(self.facts.model or answer.model or "", status)
         context = None
         if self.endpoint.operation in ("chat", "text_completion"):
@@ -269,9 +269,7 @@ class ExchangeTap:
             response_bytes=self.response_bytes,
             usage_injected=self.facts.usage_injected,
             api_key=scope.get(SCOPE_KEY),
-            client_app=self.recorder.client_app(
-                user_agent, _header(scope, b"x-title"), _header(scope, b"x-client-name")
-            ),
+            client_app=self.recorder.client_app(user_agent, title, client_name),
             # Only native generate and chat report every phase (an embed has no prompt eval).
             queue_wait_s=_queue_wait(answer) if self.endpoint.shape in NATIVE else None,
             max_gap_s=self.max_gap if streamed and self.last_chunk_at is not None else None,
@@ -319,8 +317,16 @@ def _seconds(ns: int | None) -> float | None:
     return None if not ns else ns / 1e9
 
 
-def _header(scope: Scope, name: bytes) -> str:
+_NAMING = {b"user-agent": 0, b"x-title": 1, b"x-client-name": 2}
+
+
+def _naming_headers(scope: Scope) -> tuple[str, str, str]:
+    """User-Agent, X-Title and X-Client-Name (the first of each; "" when not sent), in one
+    pass over the headers."""
+    found: list[str | None] = [None, None, None]
     for key, value in scope["headers"]:
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return ""
+        index = _NAMING.get(key.lower())
+        if index is not None and found[index] is None:
+            found[index] = str(value.decode("latin-1"))
+    user_agent, title, client_name = (value or "" for value in found)
+    return user_agent, title, client_name
