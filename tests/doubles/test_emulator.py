@@ -7,6 +7,7 @@ the default config and the initial model catalog.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import math
@@ -1128,6 +1129,311 @@ def test_waiting_for_a_slot_is_not_load_duration(emu: EmulatorServer, http: http
     # The pacing (token_delay above the model's rate) is in both residuals; the second's
     # also holds most of the first's generation: 20 tokens at 0.02 s.
     assert residual["second"] - residual["first"] >= 0.25e9
+
+
+# --- scheduler (server/sched.go) ---------------------------------------------------------
+
+
+def ps_models(http: httpx.Client) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in http.get("/api/ps").json()["models"]}
+
+
+def expires_at(entry: dict[str, Any]) -> float:
+    """expires_at in Unix seconds (Go's RFC3339Nano, nanoseconds cut to microseconds)."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", entry["expires_at"]).replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+class PsWatch:
+    """Polls /api/ps in the background: the most models it ever listed at once."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as own:
+            while not self._stop.is_set():
+                self.most = max(self.most, len(own.get("/api/ps").json()["models"]))
+                time.sleep(0.01)
+
+    def __enter__(self) -> PsWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def arrived(emu: EmulatorServer, count: int) -> None:
+    """Wait until `count` inference requests (not /api/ps polls) have arrived."""
+    wait_for(emu, lambda entries: sum(e["path"] != "/api/ps" for e in entries) >= count)
+
+
+def in_thread(url: str, path: str, body: dict[str, Any]) -> tuple[threading.Thread, list[Any]]:
+    """Send `body` from a thread of its own; the list gets (elapsed ns, final object)."""
+    results: list[Any] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=url, timeout=20) as own:
+            results.append(timed(own, path, body))
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread, results
+
+
+@pytest.mark.process
+def test_one_slot_makes_concurrent_requests_wait_in_a_staircase(emu: EmulatorServer) -> None:
+    # llm/llama_server.go sem.Acquire: with one slot, four requests at once are served one
+    # after the other; each waits for the work of those before it, outside load_duration.
+    emu.configure(num_parallel=1, token_delay=0.02)
+    body = {"model": "llama3.2", "options": {"num_predict": 15}, "stream": False}
+    with httpx.Client(base_url=emu.url, timeout=10) as own:
+        timed(own, "/api/generate", {**body, "prompt": "warm up"})
+    together = threading.Barrier(4)
+    finals: list[dict[str, Any]] = []
+
+    def ask(prompt: str) -> None:
+        with httpx.Client(base_url=emu.url, timeout=10) as own:
+            own.get("/api/version")  # connected before the start line
+            together.wait()
+            finals.append(timed(own, "/api/generate", {**body, "prompt": prompt})[1])
+
+    threads = [threading.Thread(target=ask, args=(f"q {i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    finals.sort(key=lambda f: f["total_duration"] - timed_part(f))
+    residuals = [f["total_duration"] - timed_part(f) for f in finals]
+    held = finals[0]["total_duration"] - finals[0]["load_duration"]  # one request's slot time
+    for k, residual in enumerate(residuals):
+        assert residual - residuals[0] == pytest.approx(k * held, rel=0.15, abs=0.03e9)
+    warm = tokens.expected_generation("llama3.2", "q 0").load_duration
+    assert all(f["load_duration"] == warm for f in finals)
+
+
+@pytest.mark.process
+def test_three_models_with_room_for_two_load_cold_and_evict_by_name(
+    emu: EmulatorServer, http: httpx.Client
+) -> None:
+    # OLLAMA_MAX_LOADED_MODELS=2: a third model evicts one (processPending, count cap).
+    # The victim is the shortest keep-alive, then the first name (findRunnerToUnload), not
+    # the least recently used: with equal keep-alives, gemma:2b < llama3.2 < qwen3.
+    emu.configure(max_loaded_models=2, cold_load_delay=0.2)
+    order = ["llama3.2", "qwen3", "gemma:2b", "llama3.2", "qwen3", "gemma:2b"]
+    # gemma evicts llama3.2; llama3.2 evicts gemma; qwen3 is still loaded; gemma evicts
+    # llama3.2 (the first name of the two).
+    cold = [True, True, True, True, False, True]
+    loaded_after = [
+        {"llama3.2:latest"},
+        {"llama3.2:latest", "qwen3:latest"},
+        {"qwen3:latest", "gemma:2b"},
+        {"qwen3:latest", "llama3.2:latest"},
+        {"qwen3:latest", "llama3.2:latest"},
+        {"qwen3:latest", "gemma:2b"},
+    ]
+    with PsWatch(emu.url) as watch:
+        for model, is_cold, expected in zip(order, cold, loaded_after, strict=True):
+            body = {"model": model, "prompt": "hi", "options": {"num_predict": 2}}
+            elapsed, final = timed(http, "/api/generate", {**body, "stream": False})
+            warm = tokens.expected_generation(model, "hi").load_duration
+            if is_cold:
+                assert final["load_duration"] >= 0.2e9, model
+            else:
+                assert final["load_duration"] == warm, model
+            assert elapsed >= final["total_duration"] >= timed_part(final)
+            assert set(ps_models(http)) == expected
+    assert watch.most == 2
+
+
+@pytest.mark.process
+def test_the_victim_is_the_shortest_keep_alive_that_is_idle(
+    emu: EmulatorServer, http: httpx.Client
+) -> None:
+    emu.configure(max_loaded_models=2)
+    generate = {"prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+    timed(http, "/api/generate", {**generate, "model": "qwen3", "keep_alive": "10m"})
+    timed(http, "/api/generate", {**generate, "model": "gemma:2b", "keep_alive": "1h"})
+    # Shortest keep-alive first, although gemma:2b sorts first by name.
+    timed(http, "/api/generate", {**generate, "model": "llama3.2"})  # keep-alive 5m
+    assert set(ps_models(http)) == {"gemma:2b", "llama3.2:latest"}
+    # A busy runner is passed over for an idle one, whatever their keep-alives.
+    emu.configure(token_delay=0.05)
+    slow = {"model": "llama3.2", "prompt": "slow", "options": {"num_predict": 12}}
+    busy, _ = in_thread(emu.url, "/api/generate", {**slow, "stream": False})
+    arrived(emu, 4)
+    time.sleep(0.05)
+    emu.configure(token_delay=0.0)
+    timed(http, "/api/generate", {**generate, "model": "qwen3", "keep_alive": "10m"})
+    assert set(ps_models(http)) == {"llama3.2:latest", "qwen3:latest"}  # gemma:2b went
+    busy.join()
+    # When none is idle, the first in order is the victim, once its requests are done.
+    emu.configure(token_delay=0.05)
+    first, first_result = in_thread(emu.url, "/api/generate", {**slow, "stream": False})
+    other = {"model": "qwen3", "prompt": "slow", "options": {"num_predict": 12}}
+    second, _ = in_thread(emu.url, "/api/generate", {**other, "stream": False})
+    arrived(emu, 7)
+    time.sleep(0.05)
+    emu.configure(token_delay=0.0)
+    started = time.monotonic_ns()
+    _, final = timed(http, "/api/generate", {**generate, "model": "gemma:2b"})
+    first.join()
+    second.join()
+    # llama3.2 (5m) < qwen3 (10m): gemma:2b waited for llama3.2's request to finish.
+    assert set(ps_models(http)) == {"qwen3:latest", "gemma:2b"}
+    assert final["load_duration"] > 0.2e9  # the wait for the busy victim is load_duration
+    assert time.monotonic_ns() - started >= final["load_duration"]
+    assert first_result
+
+
+@pytest.mark.process
+def test_keep_alive_expiry_and_expires_at(emu: EmulatorServer, http: httpx.Client) -> None:
+    emu.configure(cold_load_delay=0.2, token_delay=0.05)
+    body = {"model": "gemma:2b", "prompt": "hi", "options": {"num_predict": 8}}
+    thread, _ = in_thread(emu.url, "/api/generate", {**body, "keep_alive": 1, "stream": False})
+    arrived(emu, 1)
+    time.sleep(0.3)  # loaded, generating
+    # Before the runner first goes idle its expires_at is Go's zero time, which /api/ps
+    # reports as now + keep-alive on every poll (server/sched.go loadedModels).
+    first = expires_at(ps_models(http)["gemma:2b"])
+    time.sleep(0.1)
+    assert expires_at(ps_models(http)["gemma:2b"]) > first
+    thread.join()
+    idle = expires_at(ps_models(http)["gemma:2b"])
+    assert idle == pytest.approx(time.time() + 1, abs=0.3)
+    time.sleep(0.1)
+    assert expires_at(ps_models(http)["gemma:2b"]) == idle  # fixed once idle
+    time.sleep(1.1)
+    assert "gemma:2b" not in ps_models(http)  # unloaded at expiry
+    emu.configure(token_delay=0.0)
+    _, final = timed(http, "/api/generate", {**body, "stream": False})
+    assert final["load_duration"] >= 0.2e9  # cold again
+    # The last explicit keep_alive sticks: a request without one leaves it.
+    timed(http, "/api/generate", {**body, "keep_alive": -1, "stream": False})
+    timed(http, "/api/generate", {**body, "stream": False})
+    assert expires_at(ps_models(http)["gemma:2b"]) > time.time() + 100 * 365 * 86400
+    # OLLAMA_KEEP_ALIVE: the default for a runner loaded without keep_alive.
+    emu.configure(keep_alive=0.3, cold_load_delay=0.0)
+    timed(http, "/api/generate", {**body, "model": "llama3.2", "stream": False})
+    assert "llama3.2:latest" in ps_models(http)
+    time.sleep(0.5)
+    assert "llama3.2:latest" not in ps_models(http)
+    # keep_alive 0 with a prompt: unloaded as soon as the request ends.
+    timed(http, "/api/generate", {**body, "model": "qwen3", "keep_alive": 0, "stream": False})
+    assert "qwen3:latest" not in ps_models(http)
+
+
+@pytest.mark.process
+def test_a_vram_budget_puts_part_of_a_model_on_the_cpu(
+    emu: EmulatorServer, http: httpx.Client
+) -> None:
+    emu.configure(vram_bytes=4_000_000_000)
+    body = {"prompt": "hi", "options": {"num_predict": 4}, "stream": False}
+    timed(http, "/api/generate", {**body, "model": "llama3.2"})
+    llama = ps_models(http)["llama3.2:latest"]
+    assert llama["size_vram"] == llama["size"] == 2_019_393_189 + 4096 * 114_688
+    # qwen3 needs more than 80 % of the VRAM left: llama3.2 is evicted (Scheduler.load,
+    # requireFull), and alone qwen3 still spills to the CPU.
+    elapsed, final = timed(http, "/api/generate", {**body, "model": "qwen3"})
+    qwen = ps_models(http)["qwen3:latest"]
+    assert set(ps_models(http)) == {"qwen3:latest"}
+    assert 0 < qwen["size_vram"] == 4_000_000_000 < qwen["size"]
+    cpu_share = (qwen["size"] - qwen["size_vram"]) / qwen["size"]
+    planned = tokens.expected_generation("qwen3", "hi", num_predict=4)
+    slowdown = 1 + 9 * cpu_share
+    assert final["eval_duration"] == pytest.approx(planned.eval_duration * slowdown, abs=10)
+    assert final["prompt_eval_duration"] == pytest.approx(
+        planned.prompt_eval_duration * slowdown, abs=10
+    )
+    assert final["eval_duration"] / final["eval_count"] > 3 * 8_604_120  # qwen3's GPU rate
+    assert elapsed >= final["total_duration"] >= timed_part(final)
+    # num_gpu 0 (no GPU in play): no fit check, and all of it on the CPU, ten times slower.
+    cpu = {**body, "model": "gemma:2b", "options": {"num_predict": 4, "num_gpu": 0}}
+    elapsed, final = timed(http, "/api/generate", cpu)
+    gemma = ps_models(http)["gemma:2b"]
+    assert (gemma["size_vram"], set(ps_models(http))) == (0, {"qwen3:latest", "gemma:2b"})
+    planned = tokens.expected_generation("gemma:2b", "hi", num_predict=4)
+    assert final["eval_duration"] == 10 * planned.eval_duration
+    assert elapsed >= final["total_duration"] >= timed_part(final)
+
+
+@pytest.mark.process
+def test_a_different_num_ctx_reloads_the_model(emu: EmulatorServer, http: httpx.Client) -> None:
+    # server/sched.go needsReload: the launched num_ctx differs (unless both automatic),
+    # so processPending evicts the runner and loads it again, cold.
+    emu.configure(cold_load_delay=0.3)
+    body = {"model": "llama3.2", "prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+    warm = tokens.expected_generation("llama3.2", "hi").load_duration
+    _, final = timed(http, "/api/generate", body)
+    assert final["load_duration"] >= 0.3e9
+    assert ps_models(http)["llama3.2:latest"]["context_length"] == 4096
+    _, final = timed(http, "/api/generate", body)
+    assert final["load_duration"] == warm
+    bigger = {**body, "options": {"num_predict": 2, "num_ctx": 8192}}
+    thread, results = in_thread(emu.url, "/api/generate", bigger)
+    arrived(emu, 3)
+    time.sleep(0.15)
+    assert "llama3.2:latest" not in ps_models(http)  # unloaded, and absent while it loads
+    thread.join()
+    ((_, final),) = results
+    assert final["load_duration"] >= 0.3e9
+    loaded = ps_models(http)["llama3.2:latest"]
+    assert loaded["context_length"] == 8192
+    assert loaded["size"] == 2_019_393_189 + 8192 * 114_688
+    _, final = timed(http, "/api/generate", bigger)  # the same options: warm
+    assert final["load_duration"] == warm
+    # Back to the automatic context: 4096 differs from the launched 8192, a reload again.
+    _, final = timed(http, "/api/generate", body)
+    assert final["load_duration"] >= 0.3e9
+    assert ps_models(http)["llama3.2:latest"]["context_length"] == 4096
+    # An explicit value equal to the automatic one does not reload.
+    same = {**body, "options": {"num_predict": 2, "num_ctx": 4096}}
+    assert timed(http, "/api/generate", same)[1]["load_duration"] == warm
+    # Nor does num_gpu -1 (the default); shift false does (a launch flag).
+    default_gpu = {**body, "options": {"num_predict": 2, "num_gpu": -1}}
+    assert timed(http, "/api/generate", default_gpu)[1]["load_duration"] == warm
+    assert timed(http, "/api/generate", {**body, "shift": False})[1]["load_duration"] >= 0.3e9
+
+
+@pytest.mark.process
+def test_a_full_pending_queue_answers_503(emu: EmulatorServer, http: httpx.Client) -> None:
+    # OLLAMA_MAX_QUEUE=1: one load runs (processPending), one request waits for it, the
+    # next is refused at once (getRunner: ErrMaxQueue), before any output.
+    emu.configure(max_queue=1, cold_load_delay=0.4)
+    body = {"prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+    first_sent = time.monotonic()
+    loading, loading_result = in_thread(emu.url, "/api/generate", {**body, "model": "llama3.2"})
+    arrived(emu, 1)
+    time.sleep(0.05)
+    assert "llama3.2:latest" not in ps_models(http)  # absent while it loads
+    later = time.monotonic() - first_sent
+    queued, queued_result = in_thread(emu.url, "/api/generate", {**body, "model": "qwen3"})
+    arrived(emu, 2)
+    time.sleep(0.05)
+    refused = http.post("/api/generate", json={**body, "model": "gemma:2b"})
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/json; charset=utf-8"
+    assert refused.content == (
+        b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
+    )
+    openai_refused = http.post(
+        "/v1/chat/completions", json={"model": "gemma:2b", "messages": user("hi")}
+    )
+    assert openai_refused.status_code == 503
+    assert openai_refused.json()["error"]["type"] == "api_error"
+    loading.join()
+    queued.join()
+    # The queued request waited for the rest of the first load, then loaded its own model.
+    assert queued_result[0][1]["load_duration"] >= (0.75 - later) * 1e9
+    assert loading_result[0][1]["load_duration"] >= 0.4e9
+    assert set(ps_models(http)) == {"llama3.2:latest", "qwen3:latest"}
+    # Warm requests take the fast path, never the queue.
+    assert timed(http, "/api/generate", {**body, "model": "llama3.2"})[0] > 0
 
 
 # --- OpenAI layer ------------------------------------------------------------------------

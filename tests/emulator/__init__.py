@@ -7,10 +7,18 @@
 
 Request flow: `app` (routing, request log, faults, error shapes; the arrival time) →
 `native` handlers (`openai_chat`, `openai_compat`, `responses_api`, `anthropic_compat`,
-`audio` wrap them as Ollama's middlewares do) → `scheduler` loads the model and gives it a
-slot → `engine` paces the plan from `tokens`, sleeping every duration it reports → `wire`
-writes it the way Go's net/http does. `catalog` holds the models, `gojson` the Go
-encoding rules, `cloud` the account routes of a server no account is signed in to.
+`audio` wrap them as Ollama's middlewares do) → `scheduler` (server/sched.go) grants a
+runner: the fast path, or the pending queue (503 when full), evictions and a cold load;
+then a slot → `engine` paces the plan from `tokens`, sleeping every duration it reports
+(slower for a runner partly on the CPU) → `wire` writes it the way Go's net/http does.
+`catalog` holds the models and the loaded runners, `gojson` the Go encoding rules,
+`cloud` the account routes of a server no account is signed in to.
+
+A scheduling scenario is a config, at start or live (POST /_emulator/config,
+`EmulatorServer.configure`); the defaults keep every model loaded and loads free:
+
+    EmulatorConfig(max_loaded_models=2, cold_load_delay=0.3, vram_bytes=4_000_000_000,
+                   keep_alive=300, max_queue=512, num_parallel=1)
 
 Fault knobs are described in `faults`, control endpoints in `control`, the live config
 in `config`; every count and every duration but total_duration (measured, at least

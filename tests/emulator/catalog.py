@@ -1,8 +1,8 @@
 """The emulator's model store: what is installed, what the "registry" offers, what is loaded.
 
 Model specs are static and shared with `tokens` (timings, capabilities); the `Catalog`
-instance is the mutable per-server state changed by pull/copy/create/delete and by
-inference (which loads models into `/api/ps`).
+instance is the mutable per-server state changed by pull/copy/create/delete, and holds
+the runners `scheduler` loads (what `/api/ps` lists).
 """
 
 from __future__ import annotations
@@ -11,12 +11,15 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.emulator.scheduler import Runner
 
 __all__ = [
     "BASE_MODELS",
     "REGISTRY_ONLY",
     "Catalog",
-    "LoadedModel",
     "ModelSpec",
     "full_name",
     "normalize",
@@ -24,7 +27,6 @@ __all__ = [
     "spec_for",
 ]
 
-DEFAULT_KEEP_ALIVE_NS = 5 * 60 * 1_000_000_000
 # Go's time.Duration maximum: what Ollama uses for a negative keep_alive ("forever").
 FOREVER_NS = 2**63 - 1
 
@@ -248,18 +250,12 @@ def registry_spec(name: str) -> ModelSpec | None:
 
 
 @dataclass
-class LoadedModel:
-    name: str
-    spec: ModelSpec
-    expires_at_ns: int
-
-
-@dataclass
 class Catalog:
-    """Installed models (by display name) and loaded runners; one per server."""
+    """Installed models (by display name) and loaded runners (by model name, in load
+    order; the scheduler's `s.loaded`); one per server."""
 
     installed: dict[str, tuple[ModelSpec, int]] = field(default_factory=dict)
-    loaded: dict[str, LoadedModel] = field(default_factory=dict)
+    loaded: dict[str, Runner] = field(default_factory=dict)
     blobs: set[str] = field(default_factory=set)
 
     @classmethod
@@ -268,6 +264,8 @@ class Catalog:
 
     def reset(self) -> None:
         fresh = Catalog.initial()
+        for runner in self.loaded.values():
+            runner.discard()
         self.installed, self.loaded, self.blobs = fresh.installed, {}, set()
 
     def lookup(self, name: str) -> ModelSpec | None:
@@ -285,28 +283,10 @@ class Catalog:
 
     def remove(self, name: str) -> bool:
         key = normalize(name) or name
-        self.loaded.pop(key, None)
+        runner = self.loaded.pop(key, None)
+        if runner is not None:
+            runner.discard()
         return self.installed.pop(key, None) is not None
 
     def newest_first(self) -> list[tuple[ModelSpec, int]]:
         return sorted(self.installed.values(), key=lambda item: item[1], reverse=True)
-
-    def touch(self, spec: ModelSpec, keep_alive_ns: int | None) -> None:
-        """Record a use of the model: it appears in /api/ps until keep_alive runs out."""
-        keep = DEFAULT_KEEP_ALIVE_NS if keep_alive_ns is None else keep_alive_ns
-        if keep == 0:
-            self.loaded.pop(spec.name, None)
-            return
-        now = time.time_ns()
-        expires = now + FOREVER_NS if keep < 0 else now + keep
-        self.loaded[spec.name] = LoadedModel(spec.name, spec, expires)
-
-    def is_loaded(self, name: str) -> bool:
-        loaded = self.loaded.get(name)
-        return loaded is not None and loaded.expires_at_ns > time.time_ns()
-
-    def running(self) -> list[LoadedModel]:
-        now = time.time_ns()
-        for name in [n for n, m in self.loaded.items() if m.expires_at_ns <= now]:
-            del self.loaded[name]
-        return sorted(self.loaded.values(), key=lambda m: m.expires_at_ns, reverse=True)

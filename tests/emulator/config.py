@@ -18,7 +18,14 @@ class EmulatorConfig:
     every reported duration; `cold_load_delay`: what loading a model that is not in
     /api/ps takes, inside its load_duration (0: cold and warm loads alike);
     `num_parallel`: OLLAMA_NUM_PARALLEL, requests one model serves at once, the others
-    wait for a slot (0: no limit; Ollama's default is 1)."""
+    wait for a slot (0: no limit; Ollama's default is 1).
+
+    The scheduler's knobs (server/sched.go, envconfig/config.go): `max_loaded_models`:
+    OLLAMA_MAX_LOADED_MODELS, runners loaded at once (0: automatic, 3 = defaultModelsPerGPU
+    on a CPU-only or one-GPU host); `vram_bytes`: the GPU memory models are placed in
+    (0: unlimited, every model wholly on the GPU); `keep_alive`: OLLAMA_KEEP_ALIVE in
+    seconds, how long an idle runner stays loaded (negative: forever); `max_queue`:
+    OLLAMA_MAX_QUEUE, requests that may wait for the scheduler before a 503."""
 
     token_delay: float = 0.0
     version: str = "0.33.0"
@@ -26,6 +33,10 @@ class EmulatorConfig:
     first_token_delay: float = 0.0
     cold_load_delay: float = 0.0
     num_parallel: int = 0
+    max_loaded_models: int = 0
+    vram_bytes: int = 0
+    keep_alive: float = 300.0
+    max_queue: int = 512
 
     def __post_init__(self) -> None:
         self.validate()
@@ -35,8 +46,15 @@ class EmulatorConfig:
             raise ValueError(f"openai_layout must be one of {OPENAI_LAYOUTS}")
         if min(self.token_delay, self.first_token_delay, self.cold_load_delay) < 0:
             raise ValueError("delays must be >= 0")
-        if self.num_parallel < 0:
-            raise ValueError("num_parallel must be >= 0")
+        counts = {
+            "num_parallel": self.num_parallel,
+            "max_loaded_models": self.max_loaded_models,
+            "vram_bytes": self.vram_bytes,
+            "max_queue": self.max_queue,
+        }
+        for name, value in counts.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0")
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update; unknown keys raise, so a typo in a test is loud."""

@@ -10,6 +10,7 @@ from tests.emulator import gojson, parsing
 from tests.emulator.catalog import ModelSpec, normalize
 from tests.emulator.faults import Fault
 from tests.emulator.native import go_quote
+from tests.emulator.scheduler import BLOCK_COUNT
 from tests.emulator.state import EmulatorState
 from tests.emulator.wire import TEXT, ApiError, GoResponse, go_json
 
@@ -24,8 +25,6 @@ __all__ = [
     "status",
     "version",
 ]
-
-_DEFAULT_NUM_CTX = parsing.DEFAULT_NUM_CTX
 
 
 async def root(request: Request, state: EmulatorState, fault: Fault) -> GoResponse:
@@ -58,21 +57,21 @@ async def list_tags(request: Request, state: EmulatorState, fault: Fault) -> GoR
 
 
 async def list_running(request: Request, state: EmulatorState, fault: Fault) -> GoResponse:
+    """server/routes.go PsHandler: the scheduler's runners (`Scheduler.running`), their
+    live size and size_vram, the per-slot context length they were launched with."""
     models = []
-    for loaded in state.catalog.running():
-        spec = loaded.spec
-        # Loaded size includes the KV cache for the default context, hence larger than on disk.
-        size = spec.size + _DEFAULT_NUM_CTX * 114_688
+    for runner, expires_at_ns in state.scheduler.running():
+        spec = runner.spec
         models.append(
             {
                 "name": spec.name,
                 "model": spec.name,
-                "size": size,
+                "size": runner.size,
                 "digest": spec.digest,
                 "details": spec.details(),
-                "expires_at": gojson.rfc3339nano_local(loaded.expires_at_ns),
-                "size_vram": size,
-                "context_length": _DEFAULT_NUM_CTX,
+                "expires_at": gojson.rfc3339nano_local(expires_at_ns),
+                "size_vram": runner.size_vram,
+                "context_length": runner.options.num_ctx,
             }
         )
     return go_json({"models": models})
@@ -95,7 +94,7 @@ def model_info(spec: ModelSpec, *, basename: bool = False) -> dict[str, Any]:
         "general.quantization_version": 2,
         f"{arch}.context_length": spec.context_length,
         f"{arch}.embedding_length": spec.embedding_length,
-        f"{arch}.block_count": 28,
+        f"{arch}.block_count": BLOCK_COUNT,
         "tokenizer.ggml.model": "gpt2",
     }
     if basename:

@@ -20,7 +20,7 @@ from tests.emulator import gojson, parsing
 from tests.emulator.catalog import ModelSpec, full_name, normalize
 from tests.emulator.engine import Run, Step, run_steps
 from tests.emulator.faults import Fault
-from tests.emulator.scheduler import sleep_until
+from tests.emulator.scheduler import launch_options, sleep_until
 from tests.emulator.state import EmulatorState
 from tests.emulator.tokens import (
     WORDS,
@@ -88,14 +88,15 @@ class Prepared:
 def _metrics(plan: Expected, step: Step) -> dict[str, int]:
     """api.Metrics of the final chunk: total and load from the run (server/routes.go
     stamps them: time.Since(checkpointStart), checkpointLoaded - checkpointStart), the
-    counts and the eval durations from the plan (llama-server's timings)."""
+    counts from the plan, the eval durations from the run (llama-server's timings: the
+    plan's, slowed by the runner's CPU share)."""
     values = {
         "total_duration": step.total_ns,
         "load_duration": step.load_ns,
         "prompt_eval_count": plan.prompt_eval_count,
-        "prompt_eval_duration": plan.prompt_eval_duration,
+        "prompt_eval_duration": step.prompt_eval_ns,
         "eval_count": plan.eval_count,
-        "eval_duration": plan.eval_duration,
+        "eval_duration": step.eval_ns,
     }
     return {key: value for key, value in values.items() if value}  # omitempty
 
@@ -251,7 +252,9 @@ async def _prepare(
     planner: _Planner,
     chunk_of: _Chunker,
 ) -> Prepared:
-    """What generate and chat share: options, load/unload without input, capabilities."""
+    """What generate and chat share: options, load/unload without input, capabilities,
+    then the scheduler's getRunner (`Scheduler.request`: a full pending queue is a 503
+    before any output); the wait for the runner is the stream's first step."""
     spec = _lookup(state, model)
     options = req.get("options")
     parsing.validate_options(options)
@@ -259,20 +262,29 @@ async def _prepare(
     think = parsing.parse_think(req.get("think"))
     stream = req.get("stream") is not False
     if not has_input and keep_alive == 0:
-        state.catalog.touch(spec, 0)
+        state.scheduler.expire(spec.name)  # server/sched.go expireRunner
         return Prepared(model, spec, stream, special=_special(model, verb, "unload"))
     _capabilities(spec, model, want, verb)
     _check_think(spec, model, think)
+    launch = launch_options(spec, options, _shift(req))
     if not has_input:
-        await state.scheduler.load(spec, keep_alive, arrival_ns)
+        async with state.scheduler.runner(spec, launch, keep_alive, arrival_ns):
+            pass
         return Prepared(model, spec, stream, special=_special(model, verb, "load"))
     plan = planner(spec, parsing.num_predict(options), think, top is not None)
     if fault.done_reason is not None:
         plan = replace(plan, done_reason=fault.done_reason)
-    run = Run(spec, state.scheduler, state.config, arrival_ns, keep_alive)
-    steps = run_steps(plan, run, fault.with_options(options))
+    fault = fault.with_options(options)
+    ticket = state.scheduler.request(spec, launch, keep_alive, arrival_ns)
+    run = Run(spec, state.scheduler, state.config, ticket)
+    steps = run_steps(plan, run, fault)
     items = _items(steps, top, lambda step, logprobs: chunk_of(plan, step, logprobs))
     return Prepared(model, spec, stream, plan, items)
+
+
+def _shift(req: Mapping[str, Any]) -> bool | None:
+    value = req.get("shift")
+    return value if isinstance(value, bool) else None
 
 
 def _num_keep(options: Mapping[str, Any] | None) -> int:
@@ -486,12 +498,16 @@ async def prepare_embed(
         count_text_tokens(text) > spec.context_length for text in inputs
     ):
         raise ApiError(400, "the input length exceeds the context length")
-    load = await state.scheduler.load(spec, keep_alive, arrival_ns)
     count = embed_prompt_tokens(inputs)
-    async with state.scheduler.slot(spec.name):
-        await sleep_until(time.monotonic_ns() + embed_prompt_duration(spec, count))
-        if state.config.first_token_delay:
-            await anyio.sleep(state.config.first_token_delay)
+    launch = launch_options(spec, req.get("options"), None)
+    async with state.scheduler.runner(spec, launch, keep_alive, arrival_ns) as ticket:
+        assert ticket.runner is not None
+        prompt_ns = ticket.runner.slowed(embed_prompt_duration(spec, count))
+        async with state.scheduler.slot(spec.name):
+            await sleep_until(time.monotonic_ns() + prompt_ns)
+            if state.config.first_token_delay:
+                await anyio.sleep(state.config.first_token_delay)
+    load = ticket.load_ns
     dimensions = req.get("dimensions") or None
     vectors = [
         [gojson.F32(v) for v in embedding_vector(model, text, dimensions, spec=spec)]
@@ -522,5 +538,7 @@ async def embeddings(request: Request, state: EmulatorState, fault: Fault) -> An
     prompt = str(req.get("prompt") or "")
     if not prompt:
         return go_json({"embedding": []})
-    await state.scheduler.load(spec, keep_alive, arrival_of(request.scope))
+    launch = launch_options(spec, req.get("options"), None)
+    async with state.scheduler.runner(spec, launch, keep_alive, arrival_of(request.scope)):
+        pass
     return go_json({"embedding": legacy_embedding(model, prompt, spec=spec)})

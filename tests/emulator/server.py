@@ -102,6 +102,8 @@ class EmulatorServer:
             "--host", self.host, "--port", str(self.port),
             "--token-delay", str(c.token_delay), "--first-token-delay", str(c.first_token_delay),
             "--cold-load-delay", str(c.cold_load_delay), "--num-parallel", str(c.num_parallel),
+            "--max-loaded-models", str(c.max_loaded_models), "--vram-bytes", str(c.vram_bytes),
+            "--keep-alive", str(c.keep_alive), "--max-queue", str(c.max_queue),
             "--version", c.version, "--openai-layout", c.openai_layout,
         ]  # fmt: skip
 
