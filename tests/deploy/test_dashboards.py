@@ -5,6 +5,9 @@
 - Every PromQL expression of every dashboard, with Grafana's variables filled in, is run by a
   real Prometheus (the Debian binary) that scraped a real proxy carrying emulator traffic: it
   must be valid AND return data, so no panel of a healthy system stays empty.
+- The diagnostics dashboard's metrics need traffic of their own: a module emulator with one
+  parallel slot and a slow cold load, concurrent requests, an unload and a reload, truncated
+  prompts and answers, and a client app of its own.
 - Exemplars: the latency panels ask for them and Prometheus really has them, with the
   ``request_id`` label the Prometheus data source links to Loki, naming a stored record.
 - LogQL has no server here, so a small recursive-descent parser checks the subset the
@@ -19,6 +22,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ import yaml
 
 from app.analytics.jsonl import compact_json
 from app.analytics.loki import ROW_LABELS
-from tests.emulator import EmulatorServer
+from tests.emulator import EmulatorConfig, EmulatorServer
 from tests.support import CHAT, ROOT, ProxyProcess, running_prometheus, sample_row
 
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -511,9 +515,9 @@ def test_dashboard_provider_loads_the_mounted_folder() -> None:
 # ---------------------------------------------------------------------- dashboard structure
 
 
-def test_the_three_dashboards_exist_with_unique_uids_and_titles() -> None:
+def test_the_four_dashboards_exist_with_unique_uids_and_titles() -> None:
     names = [path.name for path in dashboard_files()]
-    assert names == ["analytics.json", "model.json", "overview.json"]
+    assert names == ["analytics.json", "diagnostics.json", "model.json", "overview.json"]
     dashboards = [json.loads(path.read_text()) for path in dashboard_files()]
     uids = [d["uid"] for d in dashboards]
     titles = [d["title"] for d in dashboards]
@@ -522,6 +526,8 @@ def test_the_three_dashboards_exist_with_unique_uids_and_titles() -> None:
     assert all(len(uid) <= 40 and re.fullmatch(r"[\w-]+", uid) for uid in uids), uids
     assert all(titles), titles
     assert len(set(titles)) == len(titles), titles
+    assert all(title.startswith("Ollama Metrics Proxy / ") for title in titles), titles
+    assert all(uid.startswith("ollama-metrics-") for uid in uids), uids
 
 
 @pytest.mark.parametrize("path", dashboard_files(), ids=lambda path: path.name)
@@ -575,8 +581,10 @@ def test_every_variable_used_is_defined(path: Path) -> None:
 
 def test_promql_uses_only_documented_metrics_and_labels() -> None:
     documented = documented_names() | {"le"}
-    functions = {"sum", "max", "min", "avg", "rate", "increase", "histogram_quantile", "vector"}
-    keywords = {"by", "without", "or", "and", "unless", "on", "ignoring"}
+    functions = {
+        "sum", "max", "min", "avg", "count", "rate", "increase", "histogram_quantile", "vector",
+    }  # fmt: skip
+    keywords = {"by", "without", "or", "and", "unless", "on", "ignoring", "group_left"}
     for target in PROMQL:
         expr = PROMQL_STRING.sub('""', substitute(target.expr))
         for word in IDENTIFIER.findall(expr):
@@ -593,7 +601,10 @@ def test_rates_use_the_rate_interval() -> None:
 
 
 def test_latency_panels_ask_for_exemplars() -> None:
-    latency = re.compile(r"(request_duration|time_to_first_token)_seconds_bucket")
+    # The histograms the proxy attaches a request_id exemplar to (docs/metrics.md).
+    latency = re.compile(
+        r"(request_duration|time_to_first_token|queue_wait|stream_max_gap)_seconds_bucket"
+    )
     for target in PROMQL:
         # Only graphs draw exemplars; a stat panel has nowhere to put them.
         if target.panel_type == "timeseries" and latency.search(target.expr):
@@ -601,12 +612,17 @@ def test_latency_panels_ask_for_exemplars() -> None:
     assert EXEMPLARS
 
 
-def test_model_variable_lists_models() -> None:
-    [variable] = load_dashboards()["model.json"]["templating"]["list"]
+MODEL_DASHBOARDS = ["model.json", "diagnostics.json"]
+
+
+@pytest.mark.parametrize("name", MODEL_DASHBOARDS)
+def test_model_variable_lists_models(name: str) -> None:
+    [variable] = load_dashboards()[name]["templating"]["list"]
     assert variable["name"] == "model"
     assert variable["datasource"] == {"type": "prometheus", "uid": "prometheus"}
     assert variable["query"]["query"] == "label_values(ollama_requests_total, model)"
     assert variable["definition"] == variable["query"]["query"]
+    assert (variable["multi"], variable["includeAll"], variable["allValue"]) == (True, True, ".+")
 
 
 def test_search_variable_is_a_line_filter() -> None:
@@ -691,9 +707,18 @@ def test_logql_parser_rejects(query: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def metrics_proxy(emulator: EmulatorServer) -> Iterator[ProxyProcess]:
+def diagnostics_emulator() -> Iterator[EmulatorServer]:
+    """An emulator of the module's own, so the diagnostics panels have something to show:
+    one parallel slot per model (concurrent requests wait in its queue) and a cold load
+    slow enough (0.3 s) to count as a cold start. Its models start unloaded."""
+    with EmulatorServer(EmulatorConfig(num_parallel=1, cold_load_delay=0.3)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def metrics_proxy(diagnostics_emulator: EmulatorServer) -> Iterator[ProxyProcess]:
     # A quick /api/ps poller, so the loaded-model series exist within the test's time.
-    with ProxyProcess(emulator.url, env={"PS_POLL_INTERVAL": "0.5"}) as process:
+    with ProxyProcess(diagnostics_emulator.url, env={"PS_POLL_INTERVAL": "0.5"}) as process:
         yield process
 
 
@@ -723,7 +748,54 @@ def send_traffic(client: httpx.Client) -> int:
         assert answer.status_code == 200, (path, answer.text)
     missing = {"model": "no-such-model", "prompt": "hi", "stream": False}
     assert client.post("/api/generate", json=missing).status_code == 404
-    return len(ok) + 1
+    return len(ok) + 1 + send_diagnostics_traffic(client)
+
+
+# The context Ollama cuts a longer prompt to for num_ctx 64 is 35 tokens (app/exchange.py).
+LONG_PROMPT = " ".join(f"word{i}" for i in range(200))
+CONCURRENT = 4
+
+
+def send_diagnostics_traffic(client: httpx.Client) -> int:
+    """What the diagnostics dashboard's panels need beyond the mix above (which already
+    streams, for the stream gaps): an answer cut at its token limit, a prompt cut by a small
+    num_ctx, a client app of its own, requests queued behind one parallel slot, and an
+    unload followed by a reload (a cold start). Returns how many requests it sent."""
+    generate = {"model": "llama3.2", "prompt": "Tell me a story", "stream": False}
+    cut_answer = {**generate, "options": {"num_predict": 3}}
+    answer = client.post("/api/generate", json=cut_answer)
+    assert answer.json()["done_reason"] == "length", answer.text
+    cut_prompt = {**generate, "prompt": LONG_PROMPT, "options": {"num_ctx": 64}}
+    answer = client.post("/api/generate", json=cut_prompt)
+    assert answer.json()["prompt_eval_count"] >= 35, answer.text
+    app = {"User-Agent": "diagnostics-dashboard/1.0"}
+    chat = {"model": "llama3.2", "messages": CHAT}
+    assert client.post("/api/chat", json=chat, headers=app).status_code == 200
+
+    def queued(_: int) -> int:
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as own:
+            return own.post("/api/generate", json=generate).status_code
+
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        assert list(pool.map(queued, range(CONCURRENT))) == [200] * CONCURRENT
+
+    # keep_alive 0 without a prompt unloads the model; once the poller saw it gone, the next
+    # request loads it again within RELOAD_WINDOW: a reload, and a cold start.
+    wait_for_poller(client, loaded=True)
+    unload = client.post("/api/generate", json={"model": "llama3.2", "keep_alive": 0})
+    assert unload.json()["done_reason"] == "unload", unload.text
+    wait_for_poller(client, loaded=False)
+    assert client.post("/api/generate", json=generate).status_code == 200
+    return 5 + CONCURRENT
+
+
+def wait_for_poller(client: httpx.Client, *, loaded: bool) -> None:
+    """Until the proxy's /api/ps poller shows llama3.2 loaded (or not)."""
+    series = f'ollama_model_loaded{{model="{MODEL}"}}'
+    deadline = time.monotonic() + 10
+    while (series in client.get("/metrics").text) != loaded:
+        assert time.monotonic() < deadline, f"the poller never saw {MODEL} loaded={loaded}"
+        time.sleep(0.1)
 
 
 def instant(prometheus: str, promql: str) -> dict[str, Any]:

@@ -368,6 +368,10 @@ def test_alerts_use_only_documented_metrics() -> None:
         "OllamaTTFTp95High",
         "OllamaAnalyticsDropping",
         "OllamaProxyScrapeMissing",
+        "OllamaQueueWaitP95High",
+        "OllamaModelThrashing",
+        "OllamaModelSpilledToCPU",
+        "OllamaTruncationsRising",
     }
     job = load(PROMETHEUS_CONFIG)["scrape_configs"][0]["job_name"]
     for rule in rules:
@@ -378,6 +382,25 @@ def test_alerts_use_only_documented_metrics() -> None:
             assert metric in documented or base in documented, f"{rule['alert']}: {metric}"
         for selector in re.findall(r"\bup\{([^}]*)\}", rule["expr"]):
             assert selector == f'job="{job}"', rule["alert"]
+
+
+def test_every_alert_has_a_unit_test_that_fires_and_one_that_does_not() -> None:
+    names = {rule["alert"] for group in load(ALERTS)["groups"] for rule in group["rules"]}
+    fired: set[str] = set()
+    silent: set[str] = set()
+    for test in load(ALERTS_TEST)["tests"]:
+        for check in test.get("alert_rule_test", []):
+            (fired if check["exp_alerts"] else silent).add(check["alertname"])
+    assert fired == names, f"never seen firing: {names - fired}"
+    assert silent == names, f"never seen silent: {names - silent}"
+
+
+def test_alerts_name_only_endpoints_the_proxy_labels() -> None:
+    known = set(known_labels())
+    for group in load(ALERTS)["groups"]:
+        for rule in group["rules"]:
+            for pattern in re.findall(r'\bendpoint=~?"([^"]*)"', rule["expr"]):
+                assert set(pattern.split("|")) <= known, f"{rule['alert']}: {pattern}"
 
 
 # --- the image ---------------------------------------------------------------------------------
