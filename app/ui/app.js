@@ -17,6 +17,16 @@
   const MAX_STATS_HOURS = 8784;
   const MAX_BARS = 240;
   const COMMON_STATUSES = [200, 400, 404, 499, 500, 503];
+  /* The fixed choices of two filters (anything else in the URL is ignored). */
+  const CHOICES = { cold: ["true", "false"], placement: ["gpu", "mixed", "cpu"] };
+  const COLD_CAUSES = {
+    first_load: "first load: it was not in memory",
+    expired: "its keep-alive had expired",
+    evicted: "another model had evicted it",
+    unloaded: "it had been unloaded",
+    options: "the request's options differ from the loaded model's",
+    unknown: "cause unknown",
+  };
   /* The SVG namespace, taken from a parsed <svg> rather than spelled out here. */
   const SVG_NS = document.getElementById("svg-proto").content.firstElementChild.namespaceURI;
 
@@ -112,15 +122,19 @@
 
   /* ---------- state, kept in the URL hash ---------- */
 
-  const FILTERS = ["q", "model", "endpoint", "category", "status", "range", "from", "to"];
+  const FILTERS = ["q", "model", "endpoint", "category", "status", "app", "cold", "placement", "range", "from", "to"];
+  /* The selects whose choices are the values seen (f-<name>), with their "any" label. */
+  const SEEN = { model: "any model", endpoint: "any endpoint", category: "any category", status: "any status",
+    app: "any client app" };
   const state = {
-    filters: { q: "", model: "", endpoint: "", category: "", status: "", range: "24h", from: "", to: "" },
+    filters: { q: "", model: "", endpoint: "", category: "", status: "", app: "", cold: "", placement: "",
+      range: "24h", from: "", to: "" },
     id: "",
     cursor: null, /* the cursor of the page shown; null: the newest page */
     previous: [], /* the cursors of the pages before it */
     next: null,
     shown: "", /* what the table shows, to skip re-rendering an unchanged page */
-    seen: { model: new Set(), endpoint: new Set(), category: new Set(), status: new Set() },
+    seen: { model: new Set(), endpoint: new Set(), category: new Set(), status: new Set(), app: new Set() },
   };
   let writtenHash = null;
   let authPending = false;
@@ -133,6 +147,9 @@
     const range = state.filters.range;
     if (!Object.prototype.hasOwnProperty.call(RANGE_HOURS, range) && range !== "custom") {
       state.filters.range = "24h";
+    }
+    for (const [name, values] of Object.entries(CHOICES)) {
+      if (!values.includes(state.filters[name])) state.filters[name] = "";
     }
     state.id = params.get("id") || "";
   }
@@ -159,6 +176,9 @@
     state.filters.endpoint = $("f-endpoint").value;
     state.filters.category = $("f-category").value;
     state.filters.status = $("f-status").value;
+    state.filters.app = $("f-app").value;
+    state.filters.cold = $("f-cold").value;
+    state.filters.placement = $("f-placement").value;
     state.filters.range = $("f-range").value;
     state.filters.from = $("f-from").value;
     state.filters.to = $("f-to").value;
@@ -166,10 +186,12 @@
 
   function stateToControls() {
     $("q").value = state.filters.q;
-    for (const name of ["model", "endpoint", "category", "status"]) {
+    for (const name of Object.keys(SEEN)) {
       if (state.filters[name]) state.seen[name].add(state.filters[name]);
     }
     refreshOptions();
+    $("f-cold").value = state.filters.cold;
+    $("f-placement").value = state.filters.placement;
     $("f-range").value = state.filters.range;
     $("f-from").value = state.filters.from;
     $("f-to").value = state.filters.to;
@@ -199,7 +221,7 @@
   /* ---------- filter choices: values seen in the stats and the results ---------- */
 
   function refreshOptions() {
-    const labels = { model: "any model", endpoint: "any endpoint", category: "any category", status: "any status" };
+    const labels = SEEN;
     for (const name of Object.keys(labels)) {
       const select = $(`f-${name}`);
       const values = [...state.seen[name]].sort((a, b) =>
@@ -233,6 +255,9 @@
       endpoint: f.endpoint,
       category: f.category,
       status: f.status,
+      client_app: f.app,
+      cold_start: f.cold,
+      placement: f.placement,
       start_time: start === null ? "" : start.toFixed(3),
       end_time: end === null ? "" : end.toFixed(3),
       limit: PAGE_SIZE,
@@ -244,6 +269,7 @@
       remember("endpoint", record.endpoint);
       remember("category", record.category);
       remember("status", record.status);
+      remember("app", record.client_app);
     }
     refreshOptions();
     const shown = JSON.stringify([page.records.map((r) => r.id), page.next_cursor, state.cursor]);
@@ -258,7 +284,7 @@
     const body = $("results").tBodies[0];
     if (!records.length) {
       body.replaceChildren(el("tr", { id: "results-empty" },
-        el("td", { colspan: 10, class: "empty" }, "No requests match.")));
+        el("td", { colspan: 11, class: "empty" }, "No requests match.")));
       return;
     }
     body.replaceChildren(...records.map((r) => {
@@ -274,6 +300,8 @@
         el("td", { class: "num" }, fmtSeconds(r.ttft_s)),
         el("td", { class: "num nowrap" }, tokens),
         el("td", { class: "num" }, fmtRate(r.tokens_per_second)),
+        el("td", { class: "why", "data-field": "diagnosis", title: r.diagnosis || null },
+          r.diagnosis ? excerpt(r.diagnosis, 160) : null),
         el("td", { class: "excerpt" }, excerpt(r.prompt, 140) || excerpt(r.error, 140)),
       );
       if (r.id === state.id) row.classList.add("selected");
@@ -295,6 +323,7 @@
     const stats = await api("stats", { hours: hours.toFixed(2) });
     for (const m of stats.models) remember("model", m.name);
     for (const c of stats.categories) remember("category", c.name);
+    for (const a of stats.client_apps) remember("app", a.name);
     refreshOptions();
     renderStats(stats);
   }
@@ -322,8 +351,11 @@
       card("Tokens/s", fmtRate(stats.tokens_per_second_avg), "average generation speed", "tokens_per_second"),
       card("Queue wait p50 / p95", `${fmtSeconds(stats.queue_wait.p50_s)} / ${fmtSeconds(stats.queue_wait.p95_s)}`,
         "waiting for a free slot in Ollama", "queue_wait"),
+      card("Cold starts", fmtInt(stats.cold_starts),
+        `${fmtPercent(stats.total_requests ? stats.cold_starts / stats.total_requests : null)} of requests waited for a load`,
+        "cold_starts"),
       card("Client apps", fmtInt(stats.client_apps.length),
-        stats.client_apps.slice(0, 3).map((a) => `${a.name} ${fmtInt(a.requests)}`).join(" · "), "client_apps"),
+        stats.client_apps.slice(0, 3).map((a) => `${a.name || "unnamed"} ${fmtInt(a.requests)}`).join(" · "), "client_apps"),
     );
     const buckets = bucketise(stats.hourly, stats.since);
     $("chart-requests").replaceChildren(barChart(buckets, [
@@ -434,7 +466,7 @@
   function renderModels(models) {
     const body = $("models").tBodies[0];
     if (!models.length) {
-      body.replaceChildren(el("tr", null, el("td", { colspan: 8, class: "empty" }, "No requests in this range.")));
+      body.replaceChildren(el("tr", null, el("td", { colspan: 11, class: "empty" }, "No requests in this range.")));
       return;
     }
     const most = Math.max(...models.map((m) => m.requests));
@@ -453,10 +485,30 @@
         el("td", { class: "num" }, fmtRate(m.tokens_per_second_avg)),
         el("td", { class: `num${m.truncations ? " bad-text" : ""}`, "data-field": "truncations",
           title: "requests whose prompt or output was cut" }, fmtInt(m.truncations)),
+        el("td", { class: "num", "data-field": "cold_starts", "data-value": m.cold_starts,
+          title: `${fmtInt(m.cold_starts)} of ${fmtInt(m.requests)} requests waited for the model to load` },
+        fmtPercent(m.cold_start_share)),
+        el("td", { class: "num", "data-field": "queue_wait_p95_s",
+          "data-value": m.queue_wait_p95_s === null ? "null" : m.queue_wait_p95_s,
+          title: "95th percentile of the wait for a free slot in Ollama" }, fmtSeconds(m.queue_wait_p95_s)),
+        onCpu(m),
       );
       row.title = "show this model's requests";
       return row;
     }));
+  }
+
+  /* The share of a model's requests with a known placement that ran partly or all on the CPU. */
+  function onCpu(m) {
+    const known = m.placed && m.spilled_share !== null && m.spilled_share !== undefined;
+    const spilled = known ? Math.round(m.spilled_share * m.placed) : 0;
+    return el("td", {
+      class: `num${spilled ? " bad-text" : ""}`, "data-field": "spilled_share",
+      "data-value": known ? m.spilled_share : "null",
+      title: known
+        ? `${fmtInt(spilled)} of the ${fmtInt(m.placed)} requests whose placement was known ran partly or all on the CPU`
+        : "placement not known for any request",
+    }, known ? fmtPercent(m.spilled_share) : "—");
   }
 
   /* ---------- one record ---------- */
@@ -518,10 +570,43 @@
     ]));
   }
 
+  /* The percent of the model on the CPU, rounded as the diagnosis rounds it. */
+  function cpuPercent(r) {
+    if (r.placement === "cpu") return 100;
+    if (r.placement === "gpu") return 0;
+    if (r.placement === "mixed" && r.gpu_share !== null && r.gpu_share !== undefined) {
+      return Math.min(Math.max(Math.round((1 - r.gpu_share) * 100), 1), 99);
+    }
+    return null;
+  }
+
+  function coldText(r) {
+    if (!r.cold_cause) return "no (warm, or not judged)";
+    const parts = [`yes: ${COLD_CAUSES[r.cold_cause] || r.cold_cause}`];
+    if (r.cold_detail) parts.push(r.cold_detail);
+    if (r.ollama_load_s !== null && r.ollama_load_s !== undefined) parts.push(`${fmtSeconds(r.ollama_load_s)} loading`);
+    return parts.join(" · ");
+  }
+
+  function placementText(r) {
+    const percent = cpuPercent(r);
+    const where = { gpu: "all on the GPU", mixed: "split between GPU and CPU", cpu: "all on the CPU" }[r.placement];
+    if (!where) return "unknown";
+    return percent === null ? where : `${where} (${percent} % on CPU)`;
+  }
+
+  function why(r) {
+    if (!r.diagnosis) return null;
+    return el("div", { class: "why-block", role: "note" },
+      el("h3", null, "Why"),
+      el("p", { "data-field": "diagnosis" }, r.diagnosis));
+  }
+
   function renderRecord(r) {
     const outside = r.ollama_total_s === null ? null : Math.max(r.duration_s - r.ollama_total_s, 0);
     const parts = [
       recordHead(r.id),
+      why(r),
       facts([
         ["time", "timestamp", `${fmtTime(r.unix_time)} (${r.timestamp})`],
         ["model", "model", r.model || "—"],
@@ -551,6 +636,14 @@
         ["longest stream pause", "max_gap_s", fmtSeconds(r.max_gap_s), r.max_gap_s],
         ["outside Ollama", "outside_s", fmtSeconds(outside), outside],
       ]),
+      el("h3", null, "Load and placement"),
+      facts([
+        ["cold start", "cold_start", coldText(r), r.cold_cause],
+        ["placement", "placement", placementText(r), r.placement],
+        ["requests ahead", "requests_ahead",
+          r.requests_ahead === null ? "unknown" : `${fmtInt(r.requests_ahead)} already in flight for this model`,
+          r.requests_ahead],
+      ]),
       el("h3", null, "Tokens"),
       facts([
         ["prompt tokens", "prompt_tokens", fmtInt(r.prompt_tokens), r.prompt_tokens],
@@ -571,7 +664,7 @@
     if (r.tool_calls) parts.push(block("Tool calls", "tool_calls", pretty(r.tool_calls)));
     parts.push(el("details", { class: "block" }, el("summary", null, "Request body"),
       text("request_body", pretty(r.request_body))));
-    $("record").replaceChildren(...parts);
+    $("record").replaceChildren(...parts.filter(Boolean));
   }
 
   /* Where the time went: Ollama's phases laid out one after the other, the proxy's own
@@ -705,12 +798,15 @@
     stateToControls();
     $("forget-token").hidden = !sessionStorage.getItem(TOKEN_KEY);
     $("filters").addEventListener("submit", search);
-    for (const id of ["f-model", "f-endpoint", "f-category", "f-status", "f-range", "f-from", "f-to"]) {
+    for (const id of ["f-model", "f-endpoint", "f-category", "f-status", "f-app", "f-cold", "f-placement",
+      "f-range", "f-from", "f-to"]) {
       $(id).addEventListener("change", () => search());
     }
     $("clear-button").addEventListener("click", () => {
       $("q").value = "";
-      for (const id of ["f-model", "f-endpoint", "f-category", "f-status"]) $(id).value = "";
+      for (const id of ["f-model", "f-endpoint", "f-category", "f-status", "f-app", "f-cold", "f-placement"]) {
+        $(id).value = "";
+      }
       $("f-range").value = "24h";
       search();
     });

@@ -5,16 +5,22 @@ analytics token while the data stays guarded, and never forwarded to Ollama.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from app.analytics.sql import SqlStore, create_store_engine, database_url
+from app.api.analytics import Record, RecordSummary, create_analytics_router
 from app.api.ui import CONTENT_SECURITY_POLICY
+from app.ollama.residency import ColdCause, Placement
 from tests.emulator import EmulatorServer
-from tests.support import ROOT, ProxyProcess
+from tests.support import ROOT, ProxyProcess, sample_row
 
 PAGE = ROOT / "app" / "ui"
 TOKEN = "ui-test-token"
@@ -186,3 +192,79 @@ def test_the_page_is_not_in_the_openapi_description(proxy: ProxyProcess) -> None
     with proxy.client() as client:
         paths = client.get("/openapi.json").json()["paths"]
     assert not [path for path in paths if path.startswith("/ui")]
+
+
+# ---------- what the page asks for and reads, against what the API offers ----------
+
+
+def _select_values(html: str, select_id: str) -> list[str]:
+    found = re.search(rf'<select id="{select_id}"[^>]*>(.*?)</select>', html, re.DOTALL)
+    assert found, select_id
+    return re.findall(r'<option value="([^"]*)"', found.group(1))
+
+
+def _headers(html: str, table_id: str) -> list[str]:
+    found = re.search(rf'<table id="{table_id}"[^>]*>\s*<thead><tr>(.*?)</tr></thead>', html)
+    assert found, table_id
+    return re.findall(r"<th[^>]*>([^<]*)</th>", found.group(1))
+
+
+def test_the_page_has_the_diagnostic_filters_and_columns() -> None:
+    html = (PAGE / "index.html").read_text(encoding="utf-8")
+    # A client-app select filled from the values seen, two of fixed choices.
+    assert _select_values(html, "f-app") == [""]
+    assert _select_values(html, "f-cold") == ["", "true", "false"]
+    assert _select_values(html, "f-placement") == ["", *get_args(Placement)]
+    assert _headers(html, "models")[-4:] == ["cut", "cold starts", "queue p95", "on CPU"]
+    results = _headers(html, "results")
+    assert results[-2:] == ["why slow or cut", "prompt"]
+    script = (PAGE / "app.js").read_text(encoding="utf-8")
+    # The empty rows span every column.
+    for table, colspan in (("results", len(results)), ("models", len(_headers(html, "models")))):
+        assert f"colspan: {colspan}" in script, table
+    # The fixed choices the page accepts from its URL are the selects' own.
+    choices = re.search(r"const CHOICES = \{ cold: (\[.*?\]), placement: (\[.*?\]) \};", script)
+    assert choices, "CHOICES"
+    assert json.loads(choices.group(1)) == _select_values(html, "f-cold")[1:]
+    assert json.loads(choices.group(2)) == _select_values(html, "f-placement")[1:]
+    # Every cold cause the API can filter on has the page's words.
+    causes = re.search(r"const COLD_CAUSES = \{(.*?)\};", script, re.DOTALL)
+    assert causes, "COLD_CAUSES"
+    assert re.findall(r"^\s*(\w+):", causes.group(1), re.MULTILINE) == list(get_args(ColdCause))
+
+
+def test_every_search_parameter_the_page_sends_is_one_the_api_takes() -> None:
+    script = (PAGE / "app.js").read_text(encoding="utf-8")
+    call = re.search(r'api\("search", \{(.*?)\}\);', script, re.DOTALL)
+    assert call, "the search call"
+    sent = re.findall(r"^\s*(\w+):", call.group(1), re.MULTILINE)
+    assert {"client_app", "cold_start", "placement"} <= set(sent)
+    api = FastAPI()
+    api.include_router(create_analytics_router(store=None, token=None, backends=()))
+    parameters = api.openapi()["paths"]["/analytics/search"]["get"]["parameters"]
+    assert set(sent) <= {p["name"] for p in parameters}
+
+
+def test_every_field_the_page_reads_is_served(tmp_path: Path) -> None:
+    script = (PAGE / "app.js").read_text(encoding="utf-8")
+    # Records are r, the per-model entries of the stats m.
+    record_fields = set(re.findall(r"\br\.([a-z_]+)", script))
+    model_fields = set(re.findall(r"\bm\.([a-z_0-9]+)", script))
+    assert {"diagnosis", "cold_cause", "cold_detail", "placement", "gpu_share"} <= record_fields
+    assert {"requests_ahead", "ollama_load_s"} <= record_fields
+    assert {"cold_starts", "cold_start_share", "placed", "spilled_share"} <= model_fields
+    assert {"queue_wait_p95_s", "truncations"} <= model_fields
+    assert record_fields <= set(Record.model_fields)
+    summary_only = {"diagnosis", "cold_cause", "placement"}  # shown in the table's rows
+    assert summary_only <= set(RecordSummary.model_fields)
+    store = SqlStore(create_store_engine(database_url(None, tmp_path)))
+    try:
+        store.write([sample_row(cold_cause="expired", placement="mixed", gpu_share=0.5)])
+        stats = store.stats(0)
+    finally:
+        store.close()
+    assert "cold_starts" in stats
+    assert "client_apps" in stats
+    (model,) = stats["models"]
+    assert model_fields <= set(model)
+    assert (model["cold_starts"], model["placed"], model["spilled_share"]) == (1, 1, 1.0)

@@ -19,9 +19,11 @@ import httpx
 import ollama
 import pytest
 
+from app.analytics.rows import to_row
+from app.analytics.sql import SqlStore, create_store_engine, database_url
 from tests.conftest import ARTIFACTS
 from tests.emulator import EmulatorServer
-from tests.support import LocalHttpServer, ProxyProcess
+from tests.support import LocalHttpServer, ProxyProcess, sample_record
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -395,6 +397,219 @@ def test_charts_show_the_stats(browser: WebDriver, traffic: Traffic) -> None:
     card = field(browser, '#cards [data-field="total_requests"] .card-value')
     assert card["text"] == f"{stats['total_requests']:,}"
     shot(browser, "summary")
+
+
+# ---------- why a request was slow ----------
+
+# Records with known diagnostics, newest first: what the stored fields make the API say.
+DIAGNOSED: list[dict[str, Any]] = [
+    {  # cold, reloaded for its options, partly on the CPU, queued behind two others
+        "model": "qwen3:8b",
+        "client_app": "zed",
+        "prompt": "Refactor the parser",
+        "ollama_load_s": 6.4,
+        "cold_cause": "options",
+        "cold_detail": "num_ctx 8192 ≠ loaded 4096",
+        "placement": "mixed",
+        "gpu_share": 0.62,
+        "requests_ahead": 2,
+    },
+    {  # warm, all on the GPU
+        "model": "qwen3:8b",
+        "client_app": "aider",
+        "prompt": "Explain the diff",
+        "placement": "gpu",
+        "gpu_share": 1.0,
+        "requests_ahead": 0,
+    },
+    {  # cold: never loaded before, all on the CPU
+        "model": "llama3.2:latest",
+        "client_app": "aider",
+        "prompt": "Write a haiku",
+        "ollama_load_s": 2.5,
+        "cold_cause": "first_load",
+        "placement": "cpu",
+        "gpu_share": 0.0,
+    },
+    {  # warm, placement unknown, no client app
+        "model": "llama3.2:latest",
+        "client_app": "",
+        "prompt": "Say hi",
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def diagnosed(emulator: EmulatorServer) -> Iterator[tuple[ProxyProcess, list[str]]]:
+    """A proxy whose store holds ``DIAGNOSED`` (written before it starts) and nothing else;
+    with the record ids, newest first."""
+    proxy = ProxyProcess(
+        emulator.url,
+        env={"ANALYTICS_BACKEND": "sqlite", "PS_POLL_INTERVAL": "0"},
+    )
+    now = time.time()
+    records = [
+        sample_record(timestamp=now - 60 * (i + 1), **fields) for i, fields in enumerate(DIAGNOSED)
+    ]
+    store = SqlStore(create_store_engine(database_url(None, proxy.workdir)))
+    try:
+        store.write([to_row(r, store_prompts=True, max_text_bytes=1 << 20) for r in records])
+    finally:
+        store.close()
+    with proxy:
+        yield proxy, [r.id for r in records]
+
+
+def test_a_diagnosed_record_says_why_in_the_table_and_the_detail(
+    browser: WebDriver, diagnosed: tuple[ProxyProcess, list[str]]
+) -> None:
+    proxy, ids = diagnosed
+    records = search_api(proxy)["records"]
+    assert [r["id"] for r in records] == ids
+    cold = get_json(proxy, f"/analytics/records/{ids[0]}")
+    assert cold["diagnosis"] == (
+        "cold start: 6.4 s loading qwen3:8b, reloaded because num_ctx 8192 ≠ loaded 4096; "
+        "model 38 % on CPU"
+    )
+    open_page(browser, proxy.url + "/ui/")
+    rows_become(browser, ids)
+    # The table: each row's diagnosis (the full one in its title), nothing for the others.
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('#results tbody td.why')]"
+        ".map((cell) => [cell.textContent, cell.title])"
+    )
+    assert shown == [[r["diagnosis"] or "", r["diagnosis"] or ""] for r in records]
+    assert records[1]["diagnosis"] is None
+
+    click_row(browser, ids[0])
+    until(browser, lambda d: field(d, '#record [data-field="diagnosis"]') is not None)
+    why = browser.find_element(By.CSS_SELECTOR, "#record .why-block")
+    # At the top: right under the head, before every fact.
+    assert browser.execute_script(
+        "return document.querySelector('#record .panel-head').nextElementSibling === arguments[0]",
+        why,
+    )
+    assert field(browser, '#record [data-field="diagnosis"]')["text"] == cold["diagnosis"]
+    start = field(browser, '#record dd[data-field="cold_start"]')
+    assert start["value"] == "options"
+    assert "num_ctx 8192 ≠ loaded 4096" in start["text"]
+    assert "6.40 s loading" in start["text"]
+    placement = field(browser, '#record dd[data-field="placement"]')
+    assert placement["value"] == "mixed"
+    assert "38 % on CPU" in placement["text"]
+    ahead = field(browser, '#record dd[data-field="requests_ahead"]')
+    assert ahead["value"] == "2"
+    assert ahead["text"].startswith("2 ")
+    shot(browser, "diagnosis")
+
+    # A warm record: no "Why" block, and the facts say what is (not) known.
+    click_row(browser, ids[3])
+    until(browser, lambda d: record_shown(d) == ids[3])
+    assert browser.find_elements(By.CSS_SELECTOR, "#record .why-block") == []
+    assert field(browser, '#record dd[data-field="cold_start"]')["value"] == "null"
+    assert field(browser, '#record dd[data-field="placement"]')["text"] == "unknown"
+    assert field(browser, '#record dd[data-field="requests_ahead"]')["text"] == "unknown"
+
+
+def test_cold_start_client_app_and_placement_filters_narrow_the_table(
+    browser: WebDriver, diagnosed: tuple[ProxyProcess, list[str]]
+) -> None:
+    proxy, ids = diagnosed
+    open_page(browser, proxy.url + "/ui/")
+    rows_become(browser, ids)
+    # The client apps come from the stats (and the rows seen).
+    until(browser, lambda d: option_values(d, "f-app") == ["", "aider", "zed"])
+
+    Select(browser.find_element(By.ID, "f-cold")).select_by_value("true")
+    rows_become(browser, [ids[0], ids[2]])
+    assert [r["id"] for r in search_api(proxy, cold_start="true")["records"]] == [ids[0], ids[2]]
+    assert "cold=true" in browser.current_url
+
+    Select(browser.find_element(By.ID, "f-app")).select_by_value("aider")
+    rows_become(browser, [ids[2]])
+    assert "app=aider" in browser.current_url
+
+    Select(browser.find_element(By.ID, "f-cold")).select_by_value("false")
+    rows_become(browser, [ids[1]])
+    Select(browser.find_element(By.ID, "f-cold")).select_by_value("")
+    rows_become(browser, [ids[1], ids[2]])
+    assert "cold=" not in browser.current_url
+
+    Select(browser.find_element(By.ID, "f-app")).select_by_value("")
+    Select(browser.find_element(By.ID, "f-placement")).select_by_value("cpu")
+    rows_become(browser, [ids[2]])
+    assert "placement=cpu" in browser.current_url
+    Select(browser.find_element(By.ID, "f-placement")).select_by_value("mixed")
+    rows_become(browser, [ids[0]])
+
+    # The URL holds them: a fresh page opens with the same filters.
+    link = browser.current_url + "&cold=true&app=zed"
+    open_page(browser, link)
+    rows_become(browser, [ids[0]])
+    assert Select(browser.find_element(By.ID, "f-cold")).first_selected_option.text == (
+        "cold starts only"
+    )
+    assert browser.find_element(By.ID, "f-app").get_attribute("value") == "zed"
+    assert browser.find_element(By.ID, "f-placement").get_attribute("value") == "mixed"
+    # A value the API would refuse is dropped rather than sent.
+    open_page(browser, proxy.url + "/ui/#cold=perhaps&placement=tpu")
+    rows_become(browser, ids)
+    assert browser.find_element(By.ID, "banner").is_displayed() is False
+    browser.find_element(By.ID, "clear-button").click()
+
+
+def test_cold_starts_queue_and_cpu_share_are_summarised(
+    browser: WebDriver, diagnosed: tuple[ProxyProcess, list[str]]
+) -> None:
+    proxy, _ids = diagnosed
+    stats = get_json(proxy, "/analytics/stats?hours=24")
+    assert stats["cold_starts"] == 2
+    open_page(browser, proxy.url + "/ui/")
+    until(browser, lambda d: field(d, '#cards [data-field="cold_starts"] .card-value') is not None)
+    card = field(browser, '#cards [data-field="cold_starts"] .card-value')
+    assert card["text"] == "2"
+    detail = field(browser, '#cards [data-field="cold_starts"] .card-detail')["text"]
+    assert detail.startswith("50.0 %")
+
+    def cells(driver: WebDriver) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = driver.execute_script(
+            "const out = {};"
+            "for (const row of document.querySelectorAll('#models tbody tr[data-model]')) {"
+            "  const tds = [...row.querySelectorAll('td[data-field]')];"
+            "  out[row.dataset.model] = Object.fromEntries("
+            "    tds.map((td) => [td.dataset.field, [td.textContent, td.dataset.value, td.title]])"
+            "  );"
+            "}"
+            "return out;"
+        )
+        return found
+
+    until(browser, lambda d: len(cells(d)) == 2)
+    got = cells(browser)
+    by_name = {m["name"]: m for m in stats["models"]}
+    assert set(got) == set(by_name) == {"qwen3:8b", "llama3.2:latest"}
+    for name, m in by_name.items():
+        assert m["cold_starts"] == 1, m
+        assert m["cold_start_share"] == 0.5, m
+        text, value, title = got[name]["cold_starts"]
+        assert (text, value) == ("50.0 %", "1")
+        assert title.startswith("1 of 2 requests")
+        assert got[name]["truncations"][0] == "0"
+        assert got[name]["queue_wait_p95_s"][1] == (
+            "null" if m["queue_wait_p95_s"] is None else str(m["queue_wait_p95_s"])
+        )
+    # qwen3:8b: one of its two placed requests was partly on the CPU.
+    assert by_name["qwen3:8b"]["placed"] == 2
+    assert got["qwen3:8b"]["spilled_share"][0] == "50.0 %"
+    assert got["qwen3:8b"]["spilled_share"][2].startswith("1 of the 2 requests")
+    # llama3.2: only one of its requests had a known placement, on the CPU.
+    assert by_name["llama3.2:latest"]["placed"] == 1
+    assert got["llama3.2:latest"]["spilled_share"][0] == "100.0 %"
+    headers = browser.execute_script(
+        "return [...document.querySelectorAll('#models thead th')].map((th) => th.textContent)"
+    )
+    assert headers[-4:] == ["cut", "cold starts", "queue p95", "on CPU"]
+    shot(browser, "models")
 
 
 # ---------- hostile content ----------
