@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     ps_poll_interval: float = Field(
         10.0, ge=0, description="Seconds between /api/ps polls for loaded models (0 = off)."
     )
+    reload_window: float = Field(
+        600.0,
+        ge=0,
+        description="A model loaded again within this many seconds of its unload is a reload.",
+    )
 
     analytics_backend: str = Field(
         "sqlite",

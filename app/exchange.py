@@ -19,6 +19,7 @@ from app.auth import SCOPE_KEY
 from app.ollama.endpoints import Endpoint, classify
 from app.ollama.models import normalise_model, recorded_model
 from app.ollama.requests import NO_FACTS, RequestFacts, path_facts, read_request
+from app.ollama.residency import Arrival, ColdStart, Residency
 from app.ollama.streams import Answer, Reader, reader_for
 from app.proxy.headers import STREAM_CONTENT_TYPES
 from app.record import ExchangeRecord, new_record_id
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 # Label value for requests that carry no prompt to categorise.
 NO_CATEGORY = "none"
 NATIVE = ("generate", "chat")
+# What loads a model: the requests whose model Ollama's scheduler must have in memory.
+INFERENCE = ("chat", "text_completion", "embeddings")
 
 
 class Sink(Protocol):
@@ -47,7 +50,7 @@ class Recorder:
         sinks: Sequence[Sink],
         categorise: Callable[[str], str],
         client_app: Callable[[str, str, str], str] = lambda user_agent, title, name: "",
-        context_of: Callable[[str], int | None] = lambda model: None,
+        residency: Residency | None = None,
         inject_usage: bool = True,
         text_limit: int = 1 << 20,
         max_json_bytes: int = 64 << 20,
@@ -55,7 +58,8 @@ class Recorder:
         self.sinks = tuple(sinks)
         self.categorise = categorise
         self.client_app = client_app
-        self.context_of = context_of
+        # What Ollama holds in memory (from /api/ps and the requests); None: not watched.
+        self.residency = residency
         self.inject_usage = inject_usage
         self.text_limit = text_limit
         self.max_json_bytes = max_json_bytes
@@ -83,6 +87,7 @@ class ExchangeTap:
 
     __slots__ = (
         "answer",
+        "arrival",
         "begun",
         "category",
         "endpoint",
@@ -121,6 +126,7 @@ class ExchangeTap:
         self.request_text = ""
         self.last_chunk_at: float | None = None
         self.max_gap = 0.0
+        self.arrival: Arrival | None = None
 
     @property
     def inspect_request(self) -> bool:
@@ -150,7 +156,12 @@ class ExchangeTap:
 
     def _started(self) -> None:
         self.begun = True
-        self.recorder.started(self.id, self.endpoint.label, normalise_model(self.facts.model))
+        model = normalise_model(self.facts.model)
+        self.recorder.started(self.id, self.endpoint.label, model)
+        residency = self.recorder.residency
+        if residency is not None and model and self.endpoint.operation in INFERENCE:
+            facts = self.facts
+            self.arrival = residency.arrive(model, facts.reload_options, facts.num_ctx)
 
     def response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
@@ -230,9 +241,22 @@ class ExchangeTap:
         client = scope.get("client")
         user_agent, title, client_name = _naming_headers(scope)
         model = recorded_model(self.facts.model or answer.model or "", status)
-        context = None
-        if self.endpoint.operation in ("chat", "text_completion"):
-            context = self.facts.num_ctx or self.recorder.context_of(model)
+        residency = self.recorder.residency
+        cold: ColdStart | None = None
+        placement, gpu_share, context = None, None, self.facts.num_ctx
+        if self.arrival is not None and residency is not None:
+            answered = 200 <= status < 300 and error_reason is None and not client_gone
+            load = answer.load_duration_ns
+            cold, placement, gpu_share, loaded_context = residency.leave(
+                self.arrival,
+                answered=answered and answer.error is None,
+                load_s=None if load is None else load / 1e9,
+                unload=answer.done_reason == "unload",
+            )
+            if context is None:
+                context = loaded_context
+        if self.endpoint.operation not in ("chat", "text_completion"):
+            context = None
         return ExchangeRecord(
             id=self.id,
             timestamp=self.started_wall,
@@ -275,6 +299,11 @@ class ExchangeTap:
             max_gap_s=self.max_gap if streamed and self.last_chunk_at is not None else None,
             context_tokens=context,
             truncation=_truncation(answer, context),
+            cold_cause=None if cold is None else cold.cause,
+            cold_detail=None if cold is None else cold.detail or None,
+            placement=placement,
+            gpu_share=gpu_share,
+            requests_ahead=None if self.arrival is None else self.arrival.ahead,
         )
 
 

@@ -34,6 +34,7 @@ from app.metrics.poller import LoadedModelsCollector, ModelPoller
 from app.middleware.api_keys import ApiKeyAdmission
 from app.middleware.dot_segments import DotSegmentGuard
 from app.middleware.own_paths import Dispatch
+from app.ollama.residency import Residency
 from app.proxy.relay import Forwarder
 from app.proxy.upstream import Upstream
 from app.service.supervisor import OllamaSupervisor, upstream_address
@@ -71,15 +72,17 @@ class ProxyApp:
             if settings.prompt_category_rules
             else Categoriser.default()
         )
-        # The last /api/ps poll: what context each model is loaded with (no poller: unknown).
-        loaded_models = (
-            LoadedModelsCollector(registry=self.registry) if settings.ps_poll_interval > 0 else None
-        )
+        # What Ollama holds in memory, from the /api/ps poll and the requests (no poller:
+        # unknown, so cold starts only from load_duration, and no causes, placement or
+        # loaded context).
+        polled = settings.ps_poll_interval > 0
+        loaded_models = LoadedModelsCollector(registry=self.registry) if polled else None
+        self.residency = Residency(reload_window=settings.reload_window, listener=self.instruments)
         recorder = Recorder(
             sinks=sinks,
             categorise=categoriser.categorise,
             client_app=ClientApps(),
-            context_of=loaded_models.context_length if loaded_models else lambda model: None,
+            residency=self.residency,
             inject_usage=settings.usage_injection,
             text_limit=max(settings.analytics_max_text_bytes, 1),
         )
@@ -102,7 +105,9 @@ class ProxyApp:
                 interval=settings.ps_poll_interval,
                 collector=loaded_models,
                 on_result=self.instruments.upstream_answered,
+                on_models=self.residency.observe,
             )
+            self.residency.wake = self.poller.poke
         self.api = create_api(
             upstream_url=self.upstream.public_url,
             registry=self.registry,

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.diagnosis import explain
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -98,6 +100,22 @@ class ExchangeRecord:
     # What was cut: "prompt" (the prompt reached the length Ollama cuts prompts to), or
     # "output" (generation stopped at its token limit); None.
     truncation: str | None = None
+    # A cold start (app.ollama.residency): why the request waited for its model to be loaded
+    # (first_load, expired, evicted, unloaded, options, unknown) and a few words more; None
+    # when it was warm or could not be judged. How long the load took is ollama_load_s.
+    cold_cause: str | None = None
+    cold_detail: str | None = None
+    # Where its model ran, from /api/ps: gpu, mixed (partly on the CPU) or cpu, and the
+    # share in VRAM (size_vram / size); None when unknown.
+    placement: str | None = None
+    gpu_share: float | None = None
+    # Requests for the same model the proxy was already forwarding when this one arrived.
+    requests_ahead: int | None = None
+
+    @property
+    def diagnosis(self) -> str | None:
+        """Why it was slow or cut, in plain words (``app.diagnosis``); None: nothing to say."""
+        return explain(self)
 
     @property
     def context_ratio(self) -> float | None:
@@ -122,7 +140,7 @@ def _rate(count: int | None, seconds: float | None) -> float | None:
     return count / seconds
 
 
-Kind = Literal["label", "text", "flag", "integer", "bytes", "seconds", "rate"]
+Kind = Literal["label", "text", "flag", "integer", "bytes", "seconds", "rate", "ratio"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +151,8 @@ class Stored:
     - ``text``: free text, cut to ``size`` characters; without a size, to the text budget
       (``ANALYTICS_MAX_TEXT_BYTES``, in UTF-8 bytes), where a cut sets ``truncated``;
     - ``flag``: a bool; ``integer``: an int (32 bits); ``bytes``: a byte count (64 bits);
-      ``seconds``: a time or a duration; ``rate``: something per second (both floats).
+      ``seconds``: a time or a duration; ``rate``: something per second; ``ratio``: a share
+      (all three floats).
 
     Every string is stored without the characters some store cannot hold (``app.text``). An
     empty string is stored as None when ``nullable``; a None as "" when not.
@@ -195,4 +214,10 @@ STORED: tuple[Stored, ...] = (
     Stored("max_gap_s", "seconds", nullable=True),
     Stored("context_tokens", "integer", nullable=True),
     Stored("truncation", "label", 8, nullable=True, filtered=True),
+    Stored("cold_cause", "label", 16, nullable=True, filtered=True),
+    Stored("cold_detail", "text", 128, nullable=True),
+    Stored("placement", "label", 8, nullable=True, filtered=True),
+    Stored("gpu_share", "ratio", nullable=True),
+    Stored("requests_ahead", "integer", nullable=True),
+    Stored("diagnosis", "text", 512, nullable=True),
 )

@@ -171,6 +171,21 @@ def make_row(corpus: Corpus, rng: random.Random, stamp: float, ref: int) -> dict
         "max_gap_s": ttft and duration * 0.1 * rng.random(),
         "context_tokens": 4096,
         "truncation": "output" if rng.random() < 0.02 else None,
+        # One request in fifty waits for a model load; every model sits on the GPU.
+        **_cold(rng.random() < 0.02, failed),
+    }
+
+
+def _cold(cold: bool, failed: bool) -> dict[str, Any]:
+    return {
+        "cold_cause": "expired" if cold else None,
+        "cold_detail": None,
+        "placement": None if failed else "gpu",
+        "gpu_share": None if failed else 1.0,
+        "requests_ahead": 0,
+        "diagnosis": "cold start: 3.1 s loading the model, after its keep-alive expired"
+        if cold
+        else None,
     }
 
 

@@ -248,6 +248,22 @@ def analytics_row(i: int, rng: random.Random) -> dict[str, Any]:
         "max_gap_s": round(rng.uniform(0.01, 1), 3) if i % 2 else None,
         "context_tokens": rng.choice([None, 4096, 8192]),
         "truncation": rng.choice([None, None, None, "prompt", "output"]),
+        **_diagnostics(rng),
+    }
+
+
+def _diagnostics(rng: random.Random) -> dict[str, Any]:
+    """Cold starts and placement for ``analytics_row``: one request in eight is cold."""
+    cause = rng.choice([None] * 7 + ["first_load", "evicted", "options", "expired"])
+    placement = rng.choice([None, "gpu", "gpu", "gpu", "mixed", "cpu"])
+    share = {None: None, "gpu": 1.0, "cpu": 0.0}.get(placement, round(rng.uniform(0.1, 0.9), 2))
+    return {
+        "cold_cause": cause,
+        "cold_detail": "num_ctx 8192 ≠ loaded 4096" if cause == "options" else None,
+        "placement": placement,
+        "gpu_share": share,
+        "requests_ahead": rng.randint(0, 3),
+        "diagnosis": f"cold start of a model ({cause})" if cause else None,
     }
 
 

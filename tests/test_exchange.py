@@ -17,6 +17,7 @@ import pytest
 from app import exchange
 from app.auth import SCOPE_KEY
 from app.exchange import ExchangeTap, Recorder
+from app.ollama.residency import LoadedModel, Residency
 from app.record import ExchangeRecord, ulid_ms
 from tests.asgi import http_scope
 from tests.support import RecordingSink
@@ -781,7 +782,9 @@ def context_exchange(
     done_reason: str = "stop",
     loaded: int | None = None,
 ) -> ExchangeRecord:
-    rec = recorder(sink, context_of=lambda model: loaded if model == "llama3.2:latest" else None)
+    residency = Residency()
+    residency.observe([LoadedModel("llama3.2:latest", 10, 10, loaded)], 60.0)
+    rec = recorder(sink, residency=residency)
     tap = open_tap(rec, "/api/chat")
     done = {**json.loads(CHAT_DONE), "prompt_eval_count": prompt_tokens, "done_reason": done_reason}
     exchange_of(
@@ -820,3 +823,72 @@ def test_what_was_cut(
 
 def test_an_output_cut_is_seen_without_a_known_context(sink: RecordingSink) -> None:
     assert context_exchange(sink, {}, 10, "length").truncation == "output"
+
+
+# -- cold starts, placement, requests ahead (app.ollama.residency) --------------------------
+
+
+def chat_with(rec: Recorder, *, load_ns: int, options: dict[str, Any] | None = None) -> ExchangeTap:
+    """A native chat taken up to its answer; the caller closes the tap."""
+    tap = open_tap(rec, "/api/chat")
+    done = {**json.loads(CHAT_DONE), "load_duration": load_ns}
+    body = {**CHAT_REQUEST, **({"options": options} if options else {})}
+    exchange_of(tap, json.dumps(body).encode(), 200, NDJSON, [line(done)])
+    return tap
+
+
+def closed(tap: ExchangeTap, sink: RecordingSink) -> ExchangeRecord:
+    tap.close(client_gone=False, error_reason=None, error=None)
+    return sink.records[-1]
+
+
+def test_a_cold_start_is_on_the_record_with_its_cause(sink: RecordingSink) -> None:
+    residency = Residency()
+    residency.observe([LoadedModel("qwen3:8b", 100, 100, 4096)], 60.0)
+    rec = recorder(sink, residency=residency)
+    cold = closed(chat_with(rec, load_ns=4_200_000_000), sink)
+    assert (cold.cold_cause, cold.cold_detail, cold.ollama_load_s) == ("first_load", None, 4.2)
+    assert cold.diagnosis is not None
+    assert cold.diagnosis.startswith("cold start: 4.2 s loading llama3.2")
+    warm = closed(chat_with(rec, load_ns=3_000_000), sink)
+    assert warm.cold_cause is None
+    assert warm.diagnosis == "waited 0.30 s for a free slot"  # CHAT_DONE's residual
+    # Loaded with 4096 per the poll; this one asks for 8192: Ollama reloads it.
+    residency.observe([LoadedModel("llama3.2:latest", 100, 62, 4096)], 60.0)
+    reload = closed(chat_with(rec, load_ns=5_000_000_000, options={"num_ctx": 8192}), sink)
+    assert (reload.cold_cause, reload.cold_detail) == ("options", "num_ctx 8192 ≠ loaded 4096")
+    # Replaced by a new runner: where that one runs is known from the next poll on.
+    assert (reload.placement, reload.gpu_share, reload.context_tokens) == (None, None, 8192)
+    residency.observe([LoadedModel("llama3.2:latest", 100, 62, 8192)], 60.0)
+    after = closed(chat_with(rec, load_ns=3_000_000, options={"num_ctx": 8192}), sink)
+    assert (after.cold_cause, after.placement, after.gpu_share) == (None, "mixed", 0.62)
+    assert "model 38 % on CPU" in (after.diagnosis or "")
+
+
+def test_requests_ahead_count_the_same_models_in_flight(sink: RecordingSink) -> None:
+    residency = Residency()
+    rec = recorder(sink, residency=residency)
+    first = chat_with(rec, load_ns=1_000_000)
+    second = chat_with(rec, load_ns=1_000_000)
+    other = open_tap(rec, "/api/generate")
+    exchange_of(other, b'{"model": "qwen3:8b", "prompt": "hi"}', 200, NDJSON, [])
+    for tap in (first, second, other):
+        tap.close(client_gone=False, error_reason=None, error=None)
+    assert [r.requests_ahead for r in sink.records] == [0, 1, 0]
+    third = closed(chat_with(rec, load_ns=1_000_000), sink)
+    assert third.requests_ahead == 0  # every request that ended was counted out
+
+
+def test_without_a_poller_nothing_about_memory_is_known(sink: RecordingSink) -> None:
+    record = closed(chat_with(recorder(sink), load_ns=9_000_000_000), sink)
+    assert (record.cold_cause, record.placement, record.requests_ahead) == (None, None, None)
+    assert record.context_tokens is None
+
+
+@pytest.mark.parametrize("num_ctx", [-1, 0, 10**12, "8192", None, True, [8192]])
+def test_a_bad_num_ctx_is_unknown_never_a_guess(sink: RecordingSink, num_ctx: object) -> None:
+    residency = Residency()
+    rec = recorder(sink, residency=residency)
+    record = closed(chat_with(rec, load_ns=1_000_000, options={"num_ctx": num_ctx}), sink)
+    assert (record.context_tokens, record.truncation) == (None, None)
+    assert record.cold_cause is None

@@ -1,12 +1,14 @@
 """Hourly rollups: what ``/analytics/stats`` needs, kept beside the rows so that the stats
 of a day or a week read a few thousand small rows instead of scanning the records.
 
-Per UTC hour the store keeps (``app.analytics.tables``): counts, error and cancel counts and
-sums of durations, tokens and tokens per second per model × category × endpoint; request
-counts per client; and histograms of ``duration_s`` and ``ttft_s``. The store adds a batch's
-aggregate in the same transaction as its rows, retention rebuilds the hour it cuts into, and
-the migration that made them (0002) built them from the rows already there — one
-``Aggregate`` does all three, so rows and rollups cannot disagree.
+Per UTC hour the store keeps (``app.analytics.tables``): counts, error and cancel counts,
+truncations, cold starts, placements, and sums of durations, tokens and tokens per second
+per model × category × endpoint; request counts per client; requests and tokens per client
+application; and per model histograms of ``duration_s``, ``ttft_s``, ``queue_wait_s`` and
+``max_gap_s``. The store adds a batch's aggregate in the same transaction as its rows,
+retention rebuilds the hour it cuts into, and the last migration that changed them built
+them from the rows already there — one ``Aggregate`` does all three, so rows and rollups
+cannot disagree.
 
 Percentiles come from the histograms: bucket ``b`` holds the values in
 ``[GROWTH**b, GROWTH**(b+1))`` seconds (5 % wide; values ≤ 0 have their own bucket), and a
@@ -47,6 +49,9 @@ SUMS = (
     "tokens_per_second_sum",
     "tokens_per_second_n",
     "truncations",
+    "cold_starts",
+    "placed",
+    "spilled",
 )
 # The columns of a request an aggregate reads.
 SOURCE = (
@@ -67,7 +72,10 @@ SOURCE = (
     "queue_wait_s",
     "max_gap_s",
     "truncation",
+    "cold_cause",
+    "placement",
 )
+SPILLED = ("mixed", "cpu")
 
 
 def hour_of(stamp: float) -> int:
@@ -113,7 +121,8 @@ class Aggregate:
     clients: dict[tuple[int, str], int] = field(default_factory=dict)
     # (hour, client app): [requests, prompt tokens, completion tokens]
     apps: dict[tuple[int, str], list[int]] = field(default_factory=dict)
-    latency: dict[tuple[int, str, int], int] = field(default_factory=dict)
+    # (hour, model, metric, bucket): count
+    latency: dict[tuple[int, str, str, int], int] = field(default_factory=dict)
 
     def add(self, rows: Iterable[Mapping[str, Any]]) -> Aggregate:
         groups, clients, apps, latency = self.groups, self.clients, self.apps, self.latency
@@ -139,6 +148,11 @@ class Aggregate:
                 sums[8] += rate
                 sums[9] += 1
             sums[10] += row["truncation"] is not None
+            sums[11] += row["cold_cause"] is not None
+            placement = row["placement"]
+            if placement is not None:
+                sums[12] += 1
+                sums[13] += placement in SPILLED
             client = (hour, row["client"])
             clients[client] = clients.get(client, 0) + 1
             app = apps.get((hour, row["client_app"]))
@@ -150,7 +164,7 @@ class Aggregate:
             for metric, name in METRICS.items():
                 value = row[name]
                 if value is not None:
-                    point = (hour, metric, bucket(value))
+                    point = (hour, row["model"], metric, bucket(value))
                     latency[point] = latency.get(point, 0) + 1
         return self
 
@@ -213,10 +227,10 @@ def apply(connection: Connection, aggregate: Aggregate) -> None:
     _upsert(
         connection,
         hourly_latency,
-        ["hour", "metric", "bucket"],
+        ["hour", "model", "metric", "bucket"],
         [
-            {"hour": h, "metric": m, "bucket": b, "count": n}
-            for (h, m, b), n in aggregate.latency.items()
+            {"hour": h, "model": model, "metric": m, "bucket": b, "count": n}
+            for (h, model, m, b), n in aggregate.latency.items()
         ],
     )
 

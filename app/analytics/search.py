@@ -57,6 +57,9 @@ class SearchQuery:
     api_key: str | None = None  # a key's name
     client_app: str | None = None
     truncation: str | None = None
+    cold_cause: str | None = None
+    cold_start: bool | None = None  # True: any cold start; False: none
+    placement: str | None = None
     prompt_search: str | None = None
     start_time: float | None = None
     end_time: float | None = None
@@ -84,6 +87,19 @@ def run(connection: Connection, query: SearchQuery) -> tuple[list[dict[str, Any]
     return rows, rows[-1]["id"] if more and rows else None
 
 
+# The filters that select one stored value.
+_EQUALS = (
+    "endpoint",
+    "category",
+    "status",
+    "api_key",
+    "client_app",
+    "truncation",
+    "cold_cause",
+    "placement",
+)
+
+
 def _filters(query: SearchQuery) -> tuple[list[ColumnElement[bool]], str | None, str | None]:
     """Conditions, and the id range [low, high) they imply (None: unbounded)."""
     c = requests.c
@@ -92,10 +108,13 @@ def _filters(query: SearchQuery) -> tuple[list[ColumnElement[bool]], str | None,
         # As Ollama resolves the name (``llama3.2`` is ``llama3.2:latest``), or as sent: a
         # name Ollama refused is stored as the client wrote it.
         conditions.append(c.model.in_(sorted({query.model, normalise_model(query.model)})))
-    for name in ("endpoint", "category", "status", "api_key", "client_app", "truncation"):
+    for name in _EQUALS:
         value = getattr(query, name)
         if value is not None:
             conditions.append(c[name] == value)
+    if query.cold_start is not None:
+        cold = c.cold_cause.is_not(None)
+        conditions.append(cold if query.cold_start else ~cold)
     low = high = None
     if query.start_time is not None:
         conditions.append(c.timestamp >= query.start_time)

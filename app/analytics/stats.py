@@ -36,7 +36,12 @@ def compute(connection: Connection, since: float) -> dict[str, Any]:
     for sums in by_model.values():
         _add(total, sums)
     count, errors = int(total[0]), int(total[1])
-    histograms = _histograms(connection, boundary, edge)
+    per_model = _histograms(connection, boundary, edge)
+    histograms: dict[str, dict[int, int]] = {metric: {} for metric in rollups.METRICS}
+    for (_model, metric), histogram in per_model.items():
+        into = histograms[metric]
+        for index, n in histogram.items():
+            into[index] = into.get(index, 0) + n
     return {
         "total_requests": count,
         "errors": errors,
@@ -60,6 +65,7 @@ def compute(connection: Connection, since: float) -> dict[str, Any]:
         },
         "tokens_per_second_avg": _ratio(total[8], total[9]),
         "truncations": int(total[10]),
+        "cold_starts": int(total[11]),
         "queue_wait": {
             "p50_s": _percentile(histograms["queue"], 0.5),
             "p95_s": _percentile(histograms["queue"], 0.95),
@@ -69,7 +75,13 @@ def compute(connection: Connection, since: float) -> dict[str, Any]:
             "p95_s": _percentile(histograms["gap"], 0.95),
         },
         "client_apps": _client_apps(connection, boundary, edge),
-        "models": _breakdown(by_model.items()),
+        "models": [
+            {
+                **entry,
+                "queue_wait_p95_s": _percentile(per_model.get((entry["name"], "queue"), {}), 0.95),
+            }
+            for entry in _breakdown(by_model.items())
+        ],
         "categories": _breakdown(by_category.items()),
         "top_clients": _top_clients(connection, boundary, edge),
         "hourly": [
@@ -116,6 +128,11 @@ def _breakdown(groups: Iterable[tuple[str, Sums]]) -> list[dict[str, Any]]:
             "completion_tokens": int(sums[6]),
             "tokens_per_second_avg": _ratio(sums[8], sums[9]),
             "truncations": int(sums[10]),
+            "cold_starts": int(sums[11]),
+            "cold_start_share": _ratio(sums[11], sums[0]),
+            # Of the requests whose placement was known: the share partly or all on the CPU.
+            "placed": int(sums[12]),
+            "spilled_share": _ratio(sums[13], sums[12]),
         }
         for name, sums in ordered
     ]
@@ -163,18 +180,19 @@ def _client_apps(connection: Connection, boundary: int, edge: Aggregate) -> list
 
 def _histograms(
     connection: Connection, boundary: int, edge: Aggregate
-) -> dict[str, dict[int, int]]:
+) -> dict[tuple[str, str], dict[int, int]]:
+    """Per (model, metric): bucket → count."""
     c = hourly_latency.c
-    histograms: dict[str, dict[int, int]] = {metric: {} for metric in rollups.METRICS}
+    histograms: dict[tuple[str, str], dict[int, int]] = {}
     statement = (
-        select(c.metric, c.bucket, func.sum(c.count))
+        select(c.model, c.metric, c.bucket, func.sum(c.count))
         .where(c.hour >= boundary)
-        .group_by(c.metric, c.bucket)
+        .group_by(c.model, c.metric, c.bucket)
     )
-    for metric, index, n in connection.execute(statement):
-        histograms[metric][index] = int(n)
-    for (_hour, metric, index), n in edge.latency.items():
-        histogram = histograms[metric]
+    for model, metric, index, n in connection.execute(statement):
+        histograms.setdefault((model, metric), {})[index] = int(n)
+    for (_hour, model, metric, index), n in edge.latency.items():
+        histogram = histograms.setdefault((model, metric), {})
         histogram[index] = histogram.get(index, 0) + n
     return histograms
 

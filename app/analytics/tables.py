@@ -43,6 +43,7 @@ _TYPES: dict[Kind, type[TypeEngine[Any]]] = {
     "bytes": BigInteger,
     "seconds": Double,
     "rate": Double,
+    "ratio": Double,
 }
 
 
@@ -88,6 +89,9 @@ hourly = Table(
     Column("tokens_per_second_sum", Double, nullable=False),
     Column("tokens_per_second_n", BigInteger, nullable=False),
     Column("truncations", BigInteger, nullable=False),  # prompt or output cut
+    Column("cold_starts", BigInteger, nullable=False),  # a cold_cause
+    Column("placed", BigInteger, nullable=False),  # a placement known
+    Column("spilled", BigInteger, nullable=False),  # placement mixed or cpu
 )
 
 hourly_clients = Table(
@@ -110,11 +114,12 @@ hourly_apps = Table(
 )
 
 # Histograms ("metric") of duration_s ("duration"), ttft_s ("ttft"), queue_wait_s ("queue")
-# and max_gap_s ("gap"), in log-spaced buckets (rollups.bucket).
+# and max_gap_s ("gap") per model, in log-spaced buckets (rollups.bucket).
 hourly_latency = Table(
     "requests_hourly_latency",
     metadata,
     Column("hour", BigInteger, primary_key=True),
+    Column("model", String(255), primary_key=True),
     Column("metric", String(8), primary_key=True),
     Column("bucket", Integer, primary_key=True),
     Column("count", BigInteger, nullable=False),

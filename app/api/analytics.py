@@ -13,6 +13,7 @@ from pydantic import BaseModel, create_model
 
 from app.analytics.sql import SearchQuery, SqlStore
 from app.api.guards import bearer_guard
+from app.ollama.residency import ColdCause, Placement
 from app.record import STORED, Kind, Stored
 
 _ULID = r"^[0-9A-HJKMNP-TV-Z]{26}$"
@@ -26,6 +27,7 @@ _PYTHON_TYPES: dict[Kind, type] = {
     "bytes": int,
     "seconds": float,
     "rate": float,
+    "ratio": float,
 }
 
 
@@ -147,6 +149,16 @@ def create_analytics_router(
         truncation: Literal["prompt", "output"] | None = Query(
             None, description="What was cut: the prompt, or the output at its limit."
         ),
+        cold_start: bool | None = Query(
+            None, description="true: requests that waited for their model to load; false: not."
+        ),
+        # B008: ruff cannot see that these imported Literal aliases are immutable.
+        cold_cause: ColdCause | None = Query(  # noqa: B008
+            None, description="Why the model had to be loaded for the request."
+        ),
+        placement: Placement | None = Query(  # noqa: B008
+            None, description="Where the model ran: gpu, mixed (partly on the CPU) or cpu."
+        ),
         prompt_search: str | None = Query(
             None, max_length=1000, description="Words that must all occur in prompt or response."
         ),
@@ -175,6 +187,9 @@ def create_analytics_router(
             api_key=key,
             client_app=client_app,
             truncation=truncation,
+            cold_start=cold_start,
+            cold_cause=cold_cause,
+            placement=placement,
             prompt_search=prompt_search,
             start_time=parse_time(start_time, "start_time"),
             end_time=parse_time(end_time, "end_time"),

@@ -172,6 +172,27 @@ class Instruments:
             "whose generation stopped at its token limit (kind=output).",
             ("model", "kind"),
         )
+        self.cold_starts = counter(
+            "ollama_cold_starts",
+            "Requests that waited for their model to be loaded (a cold start): a load_duration "
+            "far above the model's warm level, or the model absent from /api/ps on arrival.",
+            ("model",),
+        )
+        self.model_loads = counter(
+            "ollama_model_loads",
+            "Times a model came into Ollama's memory (from /api/ps changes and cold starts).",
+            ("model",),
+        )
+        self.model_unloads = counter(
+            "ollama_model_unloads",
+            "Times a model left Ollama's memory (keep-alive expiry, eviction, unload, reload).",
+            ("model",),
+        )
+        self.model_reloads = counter(
+            "ollama_model_reloads",
+            "Loads within RELOAD_WINDOW seconds of the same model's unload: thrashing.",
+            ("model",),
+        )
         self.client_requests = counter(
             "ollama_client_requests",
             "Requests by the application that sent them (User-Agent, X-Title, X-Client-Name).",
@@ -248,6 +269,10 @@ class Instruments:
         self._context_utilization = Children(self.context_utilization)
         self._truncations = Children(self.truncations)
         self._client_tokens = Children(self.client_tokens)
+        self._cold_starts = Children(self.cold_starts)
+        self._model_loads = Children(self.model_loads)
+        self._model_unloads = Children(self.model_unloads)
+        self._model_reloads = Children(self.model_reloads)
 
     # -- the sink interface of app.exchange ------------------------------------------------
 
@@ -287,6 +312,18 @@ class Instruments:
         poll) succeeded (``ok``) or could not connect: ``ollama_upstream_up``."""
         self._upstream_up.set(1 if ok else 0)
 
+    # -- the listener of app.ollama.residency ------------------------------------------------
+
+    def model_loaded(self, model: str, *, reload: bool) -> None:
+        """A model came into Ollama's memory (``reload``: soon after it had left)."""
+        label = self.model_label(model)  # Ollama holds it: a real name
+        self._model_loads(label).inc()
+        if reload:
+            self._model_reloads(label).inc()
+
+    def model_unloaded(self, model: str) -> None:
+        self._model_unloads(self.model_label(model)).inc()
+
     def finished(self, record: ExchangeRecord) -> None:
         model = self.model_label(record.model, admit=record.status < 400)
         self._ended(record.id)
@@ -319,9 +356,11 @@ class Instruments:
         if record.max_gap_s is not None:
             self._stream_max_gap(model).observe(record.max_gap_s, exemplar)
         if (ratio := record.context_ratio) is not None:
-            self._context_utilization(model).observe(ratio, exemplar)
+            self._context_utilization(model).observe(ratio)
         if record.truncation in TRUNCATION_KINDS:
             self._truncations(model, record.truncation).inc()
+        if record.cold_cause is not None:
+            self._cold_starts(model).inc()
         app = record.client_app
         self._client_requests(app).inc()
         if record.prompt_tokens:

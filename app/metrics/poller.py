@@ -1,13 +1,16 @@
 """Which models Ollama holds in memory: a background ``GET /api/ps`` poll, cached for ``/metrics``.
 
-``ModelPoller`` asks Ollama every ``interval`` seconds and hands each good answer to
-``LoadedModelsCollector`` as one immutable snapshot; a scrape only reads that snapshot, so
-``/metrics`` never waits on Ollama (the mistake of calling ``/api/ps`` inside the handler).
+``ModelPoller`` asks Ollama every ``interval`` seconds (and at once when ``poke``d: a model
+was just loaded) and hands each good answer, read by ``app.ollama.residency.parse_ps``, to
+``LoadedModelsCollector`` as one immutable snapshot, and to ``on_models`` (the residency that
+tells loads, unloads and cold starts); a scrape only reads that snapshot, so ``/metrics``
+never waits on Ollama (the mistake of calling ``/api/ps`` inside the handler).
 
 Exported, from the last good answer only:
 
 - ``ollama_model_loaded{model}``: 1 per loaded model (an unloaded model's series vanishes);
 - ``ollama_model_size_bytes{model}``, ``ollama_model_vram_bytes{model}``: ``size``, ``size_vram``;
+- ``ollama_model_vram_ratio{model}``: ``size_vram / size`` (placement);
 - ``ollama_models_loaded``: how many models are loaded.
 
 "Unknown" is never shown as "none": until the first good answer, and once the last one is
@@ -19,7 +22,7 @@ Wiring (the lifespan owns the task)::
 
     collector = LoadedModelsCollector(registry=registry)
     poller = ModelPoller(http=http, url=upstream, interval=15, collector=collector,
-                         on_result=...)
+                         on_result=..., on_models=residency.observe)
     await poller.start()  # ... await poller.stop() on shutdown
 """
 
@@ -29,14 +32,15 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from app.ollama.residency import LoadedModel, PsFormatError, parse_ps
 
 __all__ = [
     "MAX_MODELS",
@@ -55,17 +59,6 @@ STALE_AFTER_INTERVALS = 3
 MAX_TIMEOUT = 5.0
 # /api/ps is a few hundred bytes per model; anything near this is not Ollama.
 _MAX_BODY = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedModel:
-    """One entry of ``/api/ps``; a size is None when Ollama left it out."""
-
-    model: str
-    size: int | None
-    size_vram: int | None
-    # The context the model was loaded with (per slot), when Ollama said.
-    context_length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +90,6 @@ class LoadedModelsCollector(Collector):
             )
         self._truncating = len(distinct) > MAX_MODELS
         self._snapshot = _Snapshot(kept, len(distinct), time.monotonic() + valid_for)
-
-    def context_length(self, model: str) -> int | None:
-        """The context ``model`` is loaded with, if the live snapshot says."""
-        snapshot = self._live()
-        if snapshot is None:
-            return None
-        return next((m.context_length for m in snapshot.models if m.model == model), None)
 
     def current(self) -> tuple[LoadedModel, ...] | None:
         """The models being exported, or None when they are unknown."""
@@ -194,6 +180,7 @@ class ModelPoller:
         interval: float,
         collector: LoadedModelsCollector,
         on_result: Callable[[bool], None] | None = None,
+        on_models: Callable[[Sequence[LoadedModel], float], None] | None = None,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"poll interval must be positive, got {interval!r}")
@@ -203,6 +190,8 @@ class ModelPoller:
         self._timeout = min(interval, MAX_TIMEOUT)
         self._collector = collector
         self._on_result = on_result
+        self._on_models = on_models
+        self._poked = asyncio.Event()
         self._failures = 0
         self._traceback_logged = False
         self._task: asyncio.Task[None] | None = None
@@ -239,7 +228,13 @@ class ModelPoller:
                 logger.exception("Unexpected error while polling %s", self._url)
             self._failed(f"unexpected {type(exc).__name__}: {exc}")
             return False
-        self._collector.update(models, valid_for=STALE_AFTER_INTERVALS * self._interval)
+        valid_for = STALE_AFTER_INTERVALS * self._interval
+        self._collector.update(models, valid_for=valid_for)
+        if self._on_models is not None:
+            try:
+                self._on_models(models, valid_for)
+            except Exception:
+                logger.exception("on_models callback of the model poller failed")
         if self._failures:
             logger.info(
                 "Loaded models readable again from %s after %d failed polls",
@@ -251,14 +246,24 @@ class ModelPoller:
         self._notify(True)
         return True
 
+    def poke(self) -> None:
+        """Poll again now rather than at the next interval (a model was just loaded: a load
+        shorter than the interval would be missed). Pokes while a poll runs make one more."""
+        self._poked.set()
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
+            self._poked.clear()
             await self.poll_once()
             now = loop.time()
             next_at = max(next_at + self._interval, now)
-            await asyncio.sleep(next_at - now)
+            try:
+                async with asyncio.timeout(next_at - now):
+                    await self._poked.wait()
+            except TimeoutError:
+                pass
 
     async def _fetch(self) -> list[LoadedModel]:
         """The one place where transport and format errors become ``_PollError``."""
@@ -273,7 +278,10 @@ class ModelPoller:
             document = json.loads(body)
         except (ValueError, RecursionError) as exc:
             raise _PollError("answer is not JSON") from exc
-        return _parse(document)
+        try:
+            return parse_ps(document)
+        except PsFormatError as exc:
+            raise _PollError(str(exc)) from exc
 
     async def _get(self) -> bytes:
         timeout = httpx.Timeout(self._timeout)
@@ -305,32 +313,3 @@ class ModelPoller:
             self._on_result(ok)
         except Exception:
             logger.exception("on_result callback of the model poller failed")
-
-
-def _parse(document: Any) -> list[LoadedModel]:
-    if not isinstance(document, Mapping) or not isinstance(document.get("models"), list):
-        raise _PollError('answer is not shaped like {"models": [...]}')
-    return [_entry(item) for item in document["models"]]
-
-
-def _entry(item: Any) -> LoadedModel:
-    if not isinstance(item, Mapping):
-        raise _PollError("a models[] entry is not an object")
-    name = next(
-        (v for v in (item.get("model"), item.get("name")) if isinstance(v, str) and v), None
-    )
-    if name is None:
-        raise _PollError("a models[] entry has neither model nor name")
-    context = item.get("context_length")
-    if isinstance(context, bool) or not isinstance(context, int) or not 0 < context < 1 << 31:
-        context = None  # older servers leave it out; junk is unknown, not a failed poll
-    return LoadedModel(name, _size(item, name, "size"), _size(item, name, "size_vram"), context)
-
-
-def _size(item: Mapping[str, Any], name: str, key: str) -> int | None:
-    value = item.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _PollError(f"{key} of {name!r} is {value!r}")
-    return value

@@ -27,6 +27,9 @@ class RequestFacts:
     usage_injected: bool = False
     # options.num_ctx when the request set a usable one (a positive 32-bit integer).
     num_ctx: int | None = None
+    # What the request asks of the runner that would make Ollama reload its model when the
+    # loaded one was launched otherwise (``RELOAD_OPTIONS``), as (name, value) pairs.
+    reload_options: tuple[tuple[str, str], ...] = ()
 
 
 NO_FACTS = RequestFacts()
@@ -79,6 +82,7 @@ def read_request(
         stream=stream,
         prompt=_prompt(endpoint, data),
         num_ctx=_num_ctx(data.get("options")),
+        reload_options=_reload_options(data),
     )
     openai_stream = stream and endpoint.shape in ("openai_chat", "openai_completions")
     if inject_usage and exact and openai_stream:
@@ -104,6 +108,37 @@ def _num_ctx(options: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 31:
         return None
     return value
+
+
+# The launch options server/sched.go ``runnerRef.needsReload`` compares with the request's
+# (``num_gpu`` only when the request's is ≥ 0, its default -1 being "any"); ``shift`` (context
+# shift) is a launch flag and a field of the request itself.
+RELOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap")
+
+
+def _reload_options(data: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    options = data.get("options")
+    found: list[tuple[str, str]] = []
+    if isinstance(options, dict):
+        for name in RELOAD_OPTIONS:
+            value = options.get(name)
+            if value is None or isinstance(value, dict | list):
+                continue
+            if name == "num_gpu" and isinstance(value, int | float) and value < 0:
+                continue
+            found.append((name, _option_text(value)))
+    shift = data.get("shift")
+    if isinstance(shift, bool):
+        found.append(("shift", _option_text(shift)))
+    return tuple(found)
+
+
+def _option_text(value: object) -> str:
+    """An option's value as Ollama compares it (``8192.0`` is ``8192``), at most 32 chars."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = json.dumps(value) if isinstance(value, bool) else str(value)
+    return text[:32]
 
 
 _DECODER = json.JSONDecoder()

@@ -4,10 +4,9 @@ per-hour client-application rollups and the queue-wait and stream-gap histograms
 
 Rows written before have their ``client_app`` named from their stored User-Agent (the
 X-Title / X-Client-Name headers were not kept), and no queue wait, gap, context or
-truncation (NULL: not known then, never guessed now). Then every
-rollup is rebuilt from the rows, with the code of this revision: this is the migration that
-fills them (0002 made them empty), so a store at any earlier revision ends with rollups that
-agree with its rows.
+truncation (NULL: not known then, never guessed now). The rollups are rebuilt from the rows
+by 0005, the last migration that changes what they hold (the rebuild runs the code of the
+newest revision, so only the newest migration may run it).
 
 Revision ID: 0004
 Revises: 0003
@@ -21,7 +20,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from app.analytics import rollups
 from app.categories.apps import ClientApps
 
 revision: str = "0004"
@@ -55,7 +53,6 @@ def upgrade() -> None:
         sa.Column("completion_tokens", sa.BigInteger, nullable=False),
     )
     _name_the_apps(op.get_bind())
-    rollups.rebuild(op.get_bind())
 
 
 def _name_the_apps(connection: sa.Connection) -> None:

@@ -56,7 +56,8 @@ def stored_rollups(store: SqlStore) -> Aggregate:
                 row["completion_tokens"],
             ]
         for row in connection.execute(select(hourly_latency)).mappings():
-            stored.latency[(row["hour"], row["metric"], row["bucket"])] = row["count"]
+            key = (row["hour"], row["model"], row["metric"], row["bucket"])
+            stored.latency[key] = row["count"]
     return stored
 
 
@@ -92,13 +93,26 @@ def test_retention_keeps_the_rollups_consistent(store: SqlStore, offset: float) 
     assert stats["total_requests"] == len(kept)
 
 
-# What migration 0004 added to each row: before it, a row has none of these.
-ADDED_BY_0004 = ("client_app", "queue_wait_s", "max_gap_s", "context_tokens", "truncation")
+# What migrations 0004 and 0005 added to each row: before them, a row has none of these.
+ADDED_BY_0004 = (
+    "client_app",
+    "queue_wait_s",
+    "max_gap_s",
+    "context_tokens",
+    "truncation",
+    "cold_cause",
+    "cold_detail",
+    "placement",
+    "gpu_share",
+    "requests_ahead",
+    "diagnosis",
+)
 
 
 def after_0004(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows as migration 0004 leaves rows written before it: the client app named from the
-    User-Agent (oldest first, so first come first served), no queue wait, no stream gap."""
+    """Rows as migrations 0004 and 0005 leave rows written before them: the client app named
+    from the User-Agent (oldest first, so first come first served), and none of the other
+    diagnostics (not known then)."""
     apps = ClientApps()
     return [
         {

@@ -39,6 +39,24 @@ def test_queue_wait_and_client_app_filter(loaded_store: SqlStore) -> None:
     assert [r["id"] for r in rows] == expected
 
 
+def test_cold_start_and_placement_filters(loaded_store: SqlStore) -> None:
+    def ids(**query: Any) -> list[str]:
+        rows, _ = loaded_store.search(SearchQuery(limit=1000, start_time=NOW - 86400, **query))
+        return [r["id"] for r in rows]
+
+    def expected(keep: Any) -> list[str]:
+        return [r["id"] for r in newest_first() if r["timestamp"] >= NOW - 86400 and keep(r)]
+
+    cold = ids(cold_start=True)
+    assert cold
+    assert cold == expected(lambda r: r["cold_cause"] is not None)
+    assert ids(cold_start=False) == expected(lambda r: r["cold_cause"] is None)
+    assert ids(cold_cause="options") == expected(lambda r: r["cold_cause"] == "options")
+    both = ids(cold_start=True, placement="mixed")
+    assert both == expected(lambda r: r["cold_cause"] is not None and r["placement"] == "mixed")
+    assert both
+
+
 def test_a_model_is_found_by_the_name_as_ollama_resolves_it(loaded_store: SqlStore) -> None:
     resolved, _ = loaded_store.search(SearchQuery(model="qwen3:latest", limit=1000))
     as_typed, _ = loaded_store.search(SearchQuery(model="qwen3", limit=1000))

@@ -66,6 +66,17 @@ def test_the_diagnostics_equal_the_exact_computation(loaded_store: SqlStore, sin
         assert model["truncations"] == sum(
             1 for r in window if r["model"] == model["name"] and r["truncation"] is not None
         )
+    assert stats["cold_starts"] == sum(1 for r in window if r["cold_cause"] is not None)
+    for model in stats["models"]:
+        rows = [r for r in window if r["model"] == model["name"]]
+        cold = sum(1 for r in rows if r["cold_cause"] is not None)
+        placed = [r for r in rows if r["placement"] is not None]
+        spilled = sum(1 for r in placed if r["placement"] in ("mixed", "cpu"))
+        assert (model["cold_starts"], model["placed"]) == (cold, len(placed))
+        assert model["cold_start_share"] == pytest.approx(cold / len(rows))
+        assert model["spilled_share"] == pytest.approx(spilled / len(placed))
+        waits = [r["queue_wait_s"] for r in rows if r["queue_wait_s"] is not None]
+        assert same_bucket(model["queue_wait_p95_s"], nearest(0.95, waits)), model["name"]
     apps = {a["name"]: a for a in stats["client_apps"]}
     assert set(apps) == {"ollama-python", "openai-python", "curl"}
     for name, app in apps.items():

@@ -125,6 +125,10 @@ def test_stats_count_what_went_through(proxy: ProxyProcess) -> None:
         ({"end_time": "2026-13-45"}, "end_time"),
         ({"min_duration": -1}, "min_duration"),
         ({"cursor": "'; DROP TABLE requests; --"}, "cursor"),
+        ({"placement": "tpu"}, "placement"),
+        ({"cold_cause": "bored"}, "cold_cause"),
+        ({"cold_start": "perhaps"}, "cold_start"),
+        ({"truncation": "middle"}, "truncation"),
     ],
 )
 def test_invalid_parameters_are_422_naming_the_parameter(

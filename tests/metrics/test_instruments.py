@@ -244,3 +244,37 @@ def test_context_use_and_truncations_are_counted(
     assert value("ollama_context_utilization_ratio_sum", model) == pytest.approx(0.9 + 0.01)
     assert value("ollama_truncations_total", {**model, "kind": "prompt"}) == 1
     assert value("ollama_truncations_total", {**model, "kind": "output"}) == 1
+
+
+def test_cold_starts_come_from_records_and_loads_from_the_residency(
+    metrics: tuple[Instruments, CollectorRegistry],
+) -> None:
+    instruments, registry = metrics
+    value = registry.get_sample_value
+    model = {"model": "llama3.2:latest"}
+    finish(instruments, cold_cause="first_load", ollama_load_s=3.0)
+    finish(instruments, cold_cause=None)
+    finish(instruments, cold_cause="options")
+    assert value("ollama_cold_starts_total", model) == 2
+    instruments.model_loaded("llama3.2:latest", reload=False)
+    instruments.model_unloaded("llama3.2:latest")
+    instruments.model_loaded("llama3.2:latest", reload=True)
+    assert value("ollama_model_loads_total", model) == 2
+    assert value("ollama_model_unloads_total", model) == 1
+    assert value("ollama_model_reloads_total", model) == 1
+    assert value("ollama_model_reloads_total", {"model": "qwen3:8b"}) is None
+
+
+def test_load_events_share_the_model_bound(metrics: tuple[Instruments, CollectorRegistry]) -> None:
+    registry = CollectorRegistry()
+    instruments = Instruments(registry, max_models=2)
+    for name in ("a", "b", "c", "d"):
+        instruments.model_loaded(name, reload=False)
+    labels = {
+        s.labels["model"]
+        for family in registry.collect()
+        if family.name == "ollama_model_loads"
+        for s in family.samples
+        if s.name == "ollama_model_loads_total"
+    }
+    assert labels == {"a", "b", "other"}

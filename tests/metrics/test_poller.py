@@ -13,7 +13,8 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from app.metrics.poller import MAX_MODELS, LoadedModelsCollector, ModelPoller
+from app.metrics.poller import MAX_MODELS, STALE_AFTER_INTERVALS, LoadedModelsCollector, ModelPoller
+from app.ollama.residency import Residency
 from tests.emulator import EmulatorServer
 from tests.support import LocalHttpServer, free_port
 
@@ -66,8 +67,14 @@ class Rig:
         self.results: list[bool] = []
         # What a scrape would have seen of ollama_models_loaded as each result came in.
         self.seen: list[tuple[bool, float | None]] = []
+        self.residency = Residency()
         self.poller = ModelPoller(
-            http=http, url=url, interval=interval, collector=self.collector, on_result=self.record
+            http=http,
+            url=url,
+            interval=interval,
+            collector=self.collector,
+            on_result=self.record,
+            on_models=self.residency.observe,
         )
 
     def record(self, ok: bool) -> None:
@@ -374,7 +381,45 @@ def test_the_loaded_context_is_read_and_junk_is_unknown(sent: object, read: int 
             rig = Rig(http, server.url, interval=1.0)
             server.answer({"models": [{**entry("m", 10, 10), "context_length": sent}]})
             assert await rig.poller.poll_once()  # junk in it does not fail the poll
-            assert rig.collector.context_length("m") == read
-            assert rig.collector.context_length("not-loaded") is None
+            assert rig.residency.context_length("m") == read
+            assert rig.residency.context_length("not-loaded") is None
+
+    run(scenario)
+
+
+@pytest.mark.process
+def test_a_poke_polls_at_once_and_the_schedule_holds() -> None:
+    async def scenario(http: httpx.AsyncClient) -> None:
+        with ScriptedServer() as server:
+            rig = Rig(http, server.url, interval=30.0)
+            await rig.poller.start()
+            await wait_for(lambda: len(rig.results) == 1)
+            rig.poller.poke()  # a cold start was seen: look again now, not in 30 s
+            await wait_for(lambda: len(rig.results) == 2, within=2.0)
+            rig.poller.poke()
+            rig.poller.poke()  # pokes before the poll runs make one poll
+            await wait_for(lambda: len(rig.results) == 3, within=2.0)
+            await asyncio.sleep(0.3)
+            assert len(rig.results) == 3
+            await rig.poller.stop()
+
+    run(scenario)
+
+
+@pytest.mark.process
+def test_the_residency_follows_the_answers_and_forgets_when_they_stop() -> None:
+    async def scenario(http: httpx.AsyncClient) -> None:
+        with ScriptedServer() as server:
+            rig = Rig(http, server.url, interval=0.1)
+            server.answer({"models": [{**entry("m", 1000, 380), "context_length": 8192}]})
+            assert await rig.poller.poll_once()
+            assert rig.residency.placement_of("m") == ("mixed", 0.38)
+            assert rig.residency.context_length("m") == 8192
+            server.answer({"models": "junk"})  # a junk answer is a failed poll: not fed
+            assert not await rig.poller.poll_once()
+            assert rig.residency.context_length("m") == 8192
+            await asyncio.sleep(STALE_AFTER_INTERVALS * 0.1 + 0.05)
+            assert not rig.residency.known()  # unknown, not "not loaded"
+            assert rig.residency.context_length("m") is None
 
     run(scenario)

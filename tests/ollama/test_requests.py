@@ -117,3 +117,26 @@ def test_num_ctx_is_read_only_when_usable(options: object, num_ctx: int | None) 
     body = json.dumps({"model": "m", "prompt": "x", "options": options}).encode()
     facts, _ = read_request(classify("/api/generate"), body, inject_usage=False)
     assert facts.num_ctx == num_ctx
+
+
+@pytest.mark.parametrize(
+    ("body", "read"),
+    [
+        ({}, ()),
+        ({"options": {"num_ctx": 8192.0, "temperature": 0.2}}, (("num_ctx", "8192"),)),
+        (
+            {"options": {"num_gpu": -1, "num_batch": 512, "use_mmap": False}, "shift": False},
+            (("num_batch", "512"), ("use_mmap", "false"), ("shift", "false")),
+        ),
+        ({"options": {"num_gpu": 0, "main_gpu": 1}}, (("num_gpu", "0"), ("main_gpu", "1"))),
+        ({"options": {"num_thread": "x" * 100}}, (("num_thread", "x" * 32),)),
+        ({"options": {"num_ctx": {"deep": [1]}}, "shift": "yes"}, ()),
+        ({"options": "junk"}, ()),
+    ],
+)
+def test_the_options_that_force_a_reload_are_read(
+    body: dict[str, object], read: tuple[tuple[str, str], ...]
+) -> None:
+    raw = json.dumps({"model": "m", "prompt": "hi", **body}).encode()
+    facts, _ = read_request(classify("/api/generate"), raw, inject_usage=False)
+    assert facts.reload_options == read
