@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "upstream_check": checks,
         "scenarios": scenarios,
         **data,
-        "targets": judged.judge(scenarios, data["analytics"]),
+        "targets": judged.judge(scenarios, data["analytics"], data.get("micro")),
     }
     write(args, data, stamp)
     summary(data)
@@ -169,7 +169,7 @@ def rejudge(args: argparse.Namespace) -> int:
     checks = judged.upstream_check(scenarios)
     data["upstream_check"] = checks
     data["meta"]["valid"] = all(check["ok"] for check in checks)
-    data["targets"] = judged.judge(scenarios, data["analytics"])
+    data["targets"] = judged.judge(scenarios, data["analytics"], data.get("micro"))
     stamp = datetime.datetime.fromisoformat(data["meta"]["started"])
     write(args, data, stamp)
     summary(data)

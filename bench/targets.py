@@ -63,7 +63,14 @@ def _get(scenarios: dict[str, Any], key: str, way: str, field: str) -> float | N
     return float(entry[field])
 
 
-def judge(scenarios: dict[str, Any], analytics: dict[str, Any] | None) -> list[dict[str, Any]]:
+DIAGNOSTICS_LIMIT_US = 5.0
+
+
+def judge(
+    scenarios: dict[str, Any],
+    analytics: dict[str, Any] | None,
+    micro: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     for case in ("tags", "generate"):
         added = _get(scenarios, f"small.{case}.c1", "proxy", "added_p50_ms")
@@ -169,6 +176,20 @@ def judge(scenarios: dict[str, Any], analytics: dict[str, Any] | None) -> list[d
             "MB/100k",
             lambda v: v < 2,
             2,
+        )
+    )
+    diagnostics = (micro or {}).get("diagnostics") or {}
+    added = diagnostics.get("added_us")
+    found.append(
+        _target(
+            "diagnostics-cost",
+            "bench.diagnostics: what queue wait, stalls, client app, context, cold starts, "
+            "placement and the diagnosis add per request",
+            f"≤ {DIAGNOSTICS_LIMIT_US:g} µs",
+            None if added is None else float(added),
+            "µs",
+            lambda v: v <= DIAGNOSTICS_LIMIT_US,
+            DIAGNOSTICS_LIMIT_US,
         )
     )
     found.extend(analytics_targets(analytics))
