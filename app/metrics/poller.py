@@ -57,6 +57,9 @@ MAX_MODELS = 100
 STALE_AFTER_INTERVALS = 3
 """A snapshot is served for this many poll intervals after it was taken, then dropped."""
 MAX_TIMEOUT = 5.0
+POKE_GAP = 1.0
+"""Seconds between a poll and one a poke brings forward: a model that reloads on every
+request (thrashing) pokes on every request, yet adds at most one poll a second."""
 # /api/ps is a few hundred bytes per model; anything near this is not Ollama.
 _MAX_BODY = 1 << 20
 
@@ -247,8 +250,9 @@ class ModelPoller:
         return True
 
     def poke(self) -> None:
-        """Poll again now rather than at the next interval (a model was just loaded: a load
-        shorter than the interval would be missed). Pokes while a poll runs make one more."""
+        """Poll again soon rather than at the next interval (a model was just loaded: a load
+        shorter than the interval would be missed): ``POKE_GAP`` after the last poll at the
+        earliest. Pokes before that poll runs, or while it runs, make one more."""
         self._poked.set()
 
     async def _run(self) -> None:
@@ -256,6 +260,7 @@ class ModelPoller:
         next_at = loop.time()
         while True:
             self._poked.clear()
+            polled_at = loop.time()
             await self.poll_once()
             now = loop.time()
             next_at = max(next_at + self._interval, now)
@@ -263,7 +268,10 @@ class ModelPoller:
                 async with asyncio.timeout(next_at - now):
                     await self._poked.wait()
             except TimeoutError:
-                pass
+                continue
+            early = min(polled_at + POKE_GAP, next_at) - loop.time()
+            if early > 0:
+                await asyncio.sleep(early)
 
     async def _fetch(self) -> list[LoadedModel]:
         """The one place where transport and format errors become ``_PollError``."""

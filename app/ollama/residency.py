@@ -50,6 +50,7 @@ __all__ = [
     "ColdStart",
     "Departure",
     "LoadedModel",
+    "Memory",
     "Placement",
     "PsFormatError",
     "Residency",
@@ -205,6 +206,17 @@ class Departure(NamedTuple):
 _NOT_JUDGED = Departure(None, None, None, None)
 
 
+class Memory(NamedTuple):
+    """What a fresh ``/api/ps`` answer says of a model: where it runs, with what context."""
+
+    placement: Placement | None
+    gpu_share: float | None
+    context_length: int | None
+
+
+_UNKNOWN = Memory(None, None, None)
+
+
 class ResidencyListener(Protocol):
     def model_loaded(self, model: str, *, reload: bool) -> None: ...
 
@@ -326,19 +338,16 @@ class Residency:
         """Whether a fresh ``/api/ps`` answer stands."""
         return self.clock() < self._fresh_until
 
-    def context_length(self, model: str) -> int | None:
-        """The context ``model`` is loaded with, when a fresh answer said."""
+    def memory(self, model: str) -> Memory:
+        """Where ``model`` runs and the context it is loaded with, when a fresh answer
+        listed it (else all unknown)."""
         state = self._models.get(model)
-        if state is None or not state.listed or not self.known():
-            return None
-        return state.context_length
+        return _UNKNOWN if state is None else self._memory(state, self.clock())
 
-    def placement_of(self, model: str) -> tuple[Placement | None, float | None]:
-        """Where ``model`` runs (``placement``), when a fresh answer listed it."""
-        state = self._models.get(model)
-        if state is None or not state.listed or not self.known():
-            return None, None
-        return state.placement, state.share
+    def _memory(self, state: _Model, now: float) -> Memory:
+        if not state.listed or now >= self._fresh_until:
+            return _UNKNOWN
+        return Memory(state.placement, state.share, state.context_length)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -398,9 +407,7 @@ class Residency:
             # Answered, so loaded: a load that the last answer did not show.
             self._loaded(arrival.model, state, now)
         state.options = arrival.options
-        if not state.listed or now >= self._fresh_until:
-            return Departure(cause, None, None, None)
-        return Departure(cause, state.placement, state.share, state.context_length)
+        return Departure(cause, *self._memory(state, now))
 
     def _cold(self, arrival: Arrival, state: _Model, load_s: float | None) -> bool:
         if load_s is None:

@@ -13,7 +13,13 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from app.metrics.poller import MAX_MODELS, STALE_AFTER_INTERVALS, LoadedModelsCollector, ModelPoller
+from app.metrics.poller import (
+    MAX_MODELS,
+    POKE_GAP,
+    STALE_AFTER_INTERVALS,
+    LoadedModelsCollector,
+    ModelPoller,
+)
 from app.ollama.residency import Residency
 from tests.emulator import EmulatorServer
 from tests.support import LocalHttpServer, free_port
@@ -381,8 +387,8 @@ def test_the_loaded_context_is_read_and_junk_is_unknown(sent: object, read: int 
             rig = Rig(http, server.url, interval=1.0)
             server.answer({"models": [{**entry("m", 10, 10), "context_length": sent}]})
             assert await rig.poller.poll_once()  # junk in it does not fail the poll
-            assert rig.residency.context_length("m") == read
-            assert rig.residency.context_length("not-loaded") is None
+            assert rig.residency.memory("m").context_length == read
+            assert rig.residency.memory("not-loaded").context_length is None
 
     run(scenario)
 
@@ -394,11 +400,15 @@ def test_a_poke_polls_at_once_and_the_schedule_holds() -> None:
             rig = Rig(http, server.url, interval=30.0)
             await rig.poller.start()
             await wait_for(lambda: len(rig.results) == 1)
-            rig.poller.poke()  # a cold start was seen: look again now, not in 30 s
-            await wait_for(lambda: len(rig.results) == 2, within=2.0)
-            rig.poller.poke()
-            rig.poller.poke()  # pokes before the poll runs make one poll
-            await wait_for(lambda: len(rig.results) == 3, within=2.0)
+            rig.poller.poke()  # a cold start was seen: look again soon, not in 30 s
+            await wait_for(lambda: len(rig.results) == 2, within=POKE_GAP + 2.0)
+            second = time.monotonic()
+            for _ in range(50):  # a thrashing model pokes on every request
+                rig.poller.poke()
+                await asyncio.sleep(0.01)
+            await wait_for(lambda: len(rig.results) == 3, within=POKE_GAP + 2.0)
+            # One poll for all those pokes, and not before POKE_GAP after the last one.
+            assert time.monotonic() - second >= POKE_GAP * 0.9
             await asyncio.sleep(0.3)
             assert len(rig.results) == 3
             await rig.poller.stop()
@@ -413,13 +423,13 @@ def test_the_residency_follows_the_answers_and_forgets_when_they_stop() -> None:
             rig = Rig(http, server.url, interval=0.1)
             server.answer({"models": [{**entry("m", 1000, 380), "context_length": 8192}]})
             assert await rig.poller.poll_once()
-            assert rig.residency.placement_of("m") == ("mixed", 0.38)
-            assert rig.residency.context_length("m") == 8192
+            assert rig.residency.memory("m")[:2] == ("mixed", 0.38)
+            assert rig.residency.memory("m").context_length == 8192
             server.answer({"models": "junk"})  # a junk answer is a failed poll: not fed
             assert not await rig.poller.poll_once()
-            assert rig.residency.context_length("m") == 8192
+            assert rig.residency.memory("m").context_length == 8192
             await asyncio.sleep(STALE_AFTER_INTERVALS * 0.1 + 0.05)
             assert not rig.residency.known()  # unknown, not "not loaded"
-            assert rig.residency.context_length("m") is None
+            assert rig.residency.memory("m").context_length is None
 
     run(scenario)

@@ -283,7 +283,7 @@ def test_a_reload_forced_by_num_ctx_is_named_and_counted_once(
     clock.now += 1
     residency.observe(ps("a", context=8192), FRESH)
     assert events.take() == []  # the poll sees the new context: the same reload
-    assert residency.context_length("a") == 8192
+    assert residency.memory("a").context_length == 8192
     assert request(residency, "a", load_s=0.01, options=options, num_ctx=8192) is None
 
 
@@ -315,10 +315,10 @@ def test_without_a_fresh_answer_nothing_is_guessed(residency: Residency, clock: 
     assert request(residency, "a", load_s=None) is None  # no durations, no answer: unknown
     assert request(residency, "a", load_s=3.0) == ColdStart("unknown")
     residency.observe(ps("a"), FRESH)
-    assert residency.context_length("a") == 4096
+    assert residency.memory("a").context_length == 4096
     clock.now += FRESH + 1  # the poller stopped answering
-    assert residency.context_length("a") is None
-    assert residency.placement_of("a") == (None, None)
+    assert residency.memory("a").context_length is None
+    assert residency.memory("a") == (None, None, None)
     assert request(residency, "a", load_s=3.0) == ColdStart("unknown")
 
 
