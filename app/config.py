@@ -11,6 +11,8 @@ pydantic-settings ranks above both.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sys
 import tomllib
 from pathlib import Path
@@ -94,6 +96,15 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(self.values)
+
+
+NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def default_node() -> str:
+    """The host name, made a valid node name (other characters become ``-``, cut to 64)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64]
+    return name or "localhost"
 
 
 class Settings(BaseSettings):
@@ -205,6 +216,10 @@ class Settings(BaseSettings):
     proxy_api_keys_file: Path | None = Field(
         None, description="File of 'name key' lines, like PROXY_API_KEYS; re-read on change."
     )
+    proxy_node: str = Field(
+        default_factory=lambda: default_node(),
+        description="The machine's name on every record, Loki stream and ollama_proxy_info.",
+    )
     loki_url: str | None = Field(None, description="Loki base URL for the loki backend.")
     loki_tenant: str | None = Field(None, description="X-Scope-OrgID sent to Loki.")
 
@@ -260,6 +275,15 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("OLLAMA_UPSTREAM must not carry a query string or fragment")
         return value.rstrip("/")
+
+    @field_validator("proxy_node")
+    @classmethod
+    def _check_node(cls, value: str) -> str:
+        if not NODE_NAME.fullmatch(value):
+            raise ValueError(
+                f"PROXY_NODE must be 1 to 64 letters, digits, '.', '_' or '-', got {value!r}"
+            )
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -51,6 +51,7 @@ class Recorder:
         categorise: Callable[[str], str],
         client_app: Callable[[str, str, str], str] = lambda user_agent, title, name: "",
         residency: Residency | None = None,
+        node: str = "",
         inject_usage: bool = True,
         text_limit: int = 1 << 20,
         max_json_bytes: int = 64 << 20,
@@ -60,6 +61,7 @@ class Recorder:
         self.client_app = client_app
         # What Ollama holds in memory (from /api/ps and the requests); None: not watched.
         self.residency = residency
+        self.node = node  # PROXY_NODE: on every record
         self.inject_usage = inject_usage
         self.text_limit = text_limit
         self.max_json_bytes = max_json_bytes
@@ -304,6 +306,7 @@ class ExchangeTap:
             placement=placement,
             gpu_share=gpu_share,
             requests_ahead=None if self.arrival is None else self.arrival.ahead,
+            node=self.recorder.node,
         )
 
 

@@ -49,7 +49,9 @@ class ProxyApp:
     def __init__(self, settings: Settings, *, ollama_binary: str | None = None) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
-        self.instruments = Instruments(self.registry, max_models=settings.metrics_max_models)
+        self.instruments = Instruments(
+            self.registry, max_models=settings.metrics_max_models, node=settings.proxy_node
+        )
         # `serve`: the proxy runs Ollama itself, on the upstream address.
         self.supervisor = build_supervisor(settings, ollama_binary, self.registry)
         self.store, backends = build_backends(settings)
@@ -83,6 +85,7 @@ class ProxyApp:
             categorise=categoriser.categorise,
             client_app=ClientApps(),
             residency=self.residency,
+            node=settings.proxy_node,
             inject_usage=settings.usage_injection,
             text_limit=max(settings.analytics_max_text_bytes, 1),
         )
@@ -114,6 +117,7 @@ class ProxyApp:
             instruments=self.instruments,
             http=self.http,
             metrics_token=_secret(settings.metrics_token),
+            node=settings.proxy_node,
         )
         token = settings.analytics_token
         self.api.include_router(
@@ -188,7 +192,9 @@ def build_backends(settings: Settings) -> tuple[SqlStore | None, list[Backend]]:
     store: SqlStore | None = None
     if "sqlite" in names or "postgresql" in names:
         engine = create_store_engine(settings_url(settings))
-        store = SqlStore(engine, auto_migrate=settings.analytics_auto_migrate)
+        store = SqlStore(
+            engine, auto_migrate=settings.analytics_auto_migrate, node=settings.proxy_node
+        )
         backends.append(store)
     if "jsonl" in names:
         backends.append(JsonlBackend(settings.analytics_dir))

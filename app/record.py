@@ -111,6 +111,8 @@ class ExchangeRecord:
     gpu_share: float | None = None
     # Requests for the same model the proxy was already forwarding when this one arrived.
     requests_ahead: int | None = None
+    # The machine that served it (PROXY_NODE): the proxy's, of a fleet sharing one store.
+    node: str = ""
 
     @property
     def diagnosis(self) -> str | None:
@@ -220,4 +222,5 @@ STORED: tuple[Stored, ...] = (
     Stored("gpu_share", "ratio", nullable=True),
     Stored("requests_ahead", "integer", nullable=True),
     Stored("diagnosis", "text", 512, nullable=True),
+    Stored("node", "label", 64, filtered=True),
 )

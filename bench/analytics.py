@@ -173,6 +173,7 @@ def make_row(corpus: Corpus, rng: random.Random, stamp: float, ref: int) -> dict
         "truncation": "output" if rng.random() < 0.02 else None,
         # One request in fifty waits for a model load; every model sits on the GPU.
         **_cold(rng.random() < 0.02, failed),
+        "node": "bench",
     }
 
 

@@ -171,6 +171,7 @@ def sample_record(**changes: object) -> ExchangeRecord:
         ollama_eval_s=1.5,
         prompt_tokens=20,
         completion_tokens=30,
+        node="gpu-1",
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -203,6 +204,7 @@ SQL_STORES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 # Three days of analytics rows, one a minute and ending at NOW (``analytics_rows``).
 NOW = time.time()
 MODELS = ["llama3.2:latest", "qwen3:latest", "gemma:2b"]
+NODES = ["node-a", "node-b"]  # a fleet of two machines on one store
 WORDS = ["sky", "blue", "ocean", "python", "recipe", "river", "garden", "matrix"]
 
 
@@ -249,6 +251,7 @@ def analytics_row(i: int, rng: random.Random) -> dict[str, Any]:
         "context_tokens": rng.choice([None, 4096, 8192]),
         "truncation": rng.choice([None, None, None, "prompt", "output"]),
         **_diagnostics(rng),
+        "node": NODES[i % len(NODES)],
     }
 
 
@@ -344,23 +347,19 @@ class LocalHttpServer(ThreadedHttpServer):
 
 
 @contextlib.contextmanager
-def running_prometheus(target_port: int, work: Path, *flags: str) -> Iterator[str]:
-    """The Debian Prometheus scraping 127.0.0.1:``target_port`` every second; yields its URL."""
+def prometheus_with(config: str, work: Path, *flags: str) -> Iterator[str]:
+    """The Debian Prometheus running ``config`` (prometheus.yml text) with ``flags``, its data
+    and log in ``work``; yields its URL."""
     binary = shutil.which("prometheus")
     assert binary, "the Debian package prometheus is not installed (scripts/setup.sh --dev)"
-    config = work / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: ollama-metrics\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
-    )
+    path = work / "prometheus.yml"
+    path.write_text(config)
     port = free_port()
     with open(work / "prometheus.log", "wb") as log:
         process = subprocess.Popen(
             [
                 binary,
-                f"--config.file={config}",
+                f"--config.file={path}",
                 f"--storage.tsdb.path={work / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 *flags,
@@ -374,6 +373,19 @@ def running_prometheus(target_port: int, work: Path, *flags: str) -> Iterator[st
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def running_prometheus(
+    target_port: int, work: Path, *flags: str
+) -> contextlib.AbstractContextManager[str]:
+    """The Debian Prometheus scraping 127.0.0.1:``target_port`` every second; yields its URL."""
+    config = (
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: ollama-metrics\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+    )
+    return prometheus_with(config, work, *flags)
 
 
 # -- the ollama-metrics command as a user runs it, beside the stand-in ollama ------------------

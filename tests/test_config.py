@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.cli import _parser, settings_from_args
-from app.config import Settings
+from app.config import Settings, default_node
 
 
 def test_defaults_put_the_proxy_on_ollamas_port(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,3 +60,23 @@ def test_bad_upstream_is_refused_with_its_name(bad: str) -> None:
 def test_bad_port_is_refused() -> None:
     with pytest.raises(ValidationError):
         Settings(proxy_port=70000)
+
+
+@pytest.mark.parametrize("name", ["gpu-1", "rack4.gpu_b", "A" * 64, "x"])
+def test_a_node_name_of_letters_digits_dots_underscores_dashes_is_taken(name: str) -> None:
+    assert Settings(proxy_node=name).proxy_node == name
+
+
+@pytest.mark.parametrize("bad", ["", "gpu 1", "a" * 65, "gpü", "node/1", "n:1", "a\nb"])
+def test_a_bad_node_name_is_refused_saying_what_is_allowed(bad: str) -> None:
+    with pytest.raises(ValidationError, match="PROXY_NODE must be 1 to 64 letters"):
+        Settings(proxy_node=bad)
+
+
+def test_the_node_defaults_to_the_host_name_made_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROXY_NODE", raising=False)
+    monkeypatch.setattr("socket.gethostname", lambda: "My Box (lab)" + "x" * 80)
+    node = Settings().proxy_node
+    assert node == ("My-Box--lab-" + "x" * 80)[:64]
+    monkeypatch.setattr("socket.gethostname", lambda: "")
+    assert default_node() == "localhost"

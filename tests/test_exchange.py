@@ -892,3 +892,8 @@ def test_a_bad_num_ctx_is_unknown_never_a_guess(sink: RecordingSink, num_ctx: ob
     record = closed(chat_with(rec, load_ns=1_000_000, options={"num_ctx": num_ctx}), sink)
     assert (record.context_tokens, record.truncation) == (None, None)
     assert record.cold_cause is None
+
+
+def test_every_record_names_the_node_that_served_it(sink: RecordingSink) -> None:
+    record = closed(chat_with(recorder(sink, node="gpu-9"), load_ns=1_000_000), sink)
+    assert record.node == "gpu-9"

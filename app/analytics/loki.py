@@ -5,9 +5,10 @@
                                   "values": [["<unix ns>", "<row as compact JSON>"], ...]}]}
 
 Streams are keyed by low-cardinality labels only: ``app`` (``ollama-metrics`` unless a static
-label overrides it), ``model``, ``endpoint``, ``status_class`` (``2xx``, ``4xx``, ...) and the
-static ``labels`` given. Prompts, ids and clients live in the line, which is the whole row as
-JSON, so LogQL ``| json`` and line filters reach every field. A model name becomes a label value
+label overrides it), ``model``, ``endpoint``, ``status_class`` (``2xx``, ``4xx``, ...),
+``node`` (the machine, ``PROXY_NODE``: one value per proxy) and the static ``labels`` given.
+Prompts, ids and clients live in the line, which is the whole row as JSON, so LogQL
+``| json`` and line filters reach every field. A model name becomes a label value
 only once Ollama answered it without error (status < 400) and at most ``max_models`` of them;
 anything else is ``other``, so clients sending junk names cannot create streams.
 
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 PUSH_PATH = "/loki/api/v1/push"
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-ROW_LABELS = frozenset({"model", "endpoint", "status_class"})
+ROW_LABELS = frozenset({"model", "endpoint", "status_class", "node"})
 DEFAULT_MAX_MODELS = 100
 _REJECTED = frozenset({400, 413})
 _EXCERPT = 200
@@ -160,6 +161,7 @@ class LokiBackend:
             "model": self._models(_text(row.get("model")), admit=False),
             "endpoint": _text(row.get("endpoint")),
             "status_class": status_class(row.get("status")),
+            "node": _text(row.get("node")),
         }
 
     def _post(self, body: bytes) -> httpx.Response:

@@ -1,5 +1,12 @@
 """Alembic, driven from the app: ``ollama-metrics db upgrade|downgrade|current`` and the
-upgrade at start-up. The migration scripts are the top-level ``migrations`` package."""
+upgrade at start-up. The migration scripts are the top-level ``migrations`` package.
+
+Many proxies may share one PostgreSQL and start at once: each migration runs under the
+transaction-scoped advisory lock ``MIGRATION_LOCK``, so one proxy migrates while the others
+wait for it, then find the database at head and do nothing. (Alembic runs PostgreSQL's DDL
+in the one transaction, so a failed migration leaves nothing half done.) On SQLite the
+file's write lock serialises them.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,18 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, text
+
+# pg_advisory_xact_lock keys: any 64-bit numbers, the same in every proxy of a fleet.
+MIGRATION_LOCK = 0x6F6C6C616D61_01  # "ollama", 1
+RETENTION_LOCK = 0x6F6C6C616D61_02
+
+
+def fleet_lock(connection: Connection, key: int) -> None:
+    """Hold ``key`` until the transaction ends (PostgreSQL; elsewhere a no-op: SQLite's one
+    writer at a time already serialises)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -23,15 +41,19 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "head", *, node: str | None = None) -> None:
+    """Migrate to ``revision``; ``node`` names this machine for rows that predate nodes."""
     with engine.begin() as connection:
+        fleet_lock(connection, MIGRATION_LOCK)
         config = alembic_config(engine)
         config.attributes["connection"] = connection
+        config.attributes["node"] = node
         command.upgrade(config, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     with engine.begin() as connection:
+        fleet_lock(connection, MIGRATION_LOCK)
         config = alembic_config(engine)
         config.attributes["connection"] = connection
         command.downgrade(config, revision)

@@ -4,11 +4,11 @@ of a day or a week read a few thousand small rows instead of scanning the record
 Per UTC hour the store keeps (``app.analytics.tables``): counts, error and cancel counts,
 truncations, cold starts, placements, and sums of durations, tokens and tokens per second
 per model × category × endpoint; request counts per client; requests and tokens per client
-application; and per model histograms of ``duration_s``, ``ttft_s``, ``queue_wait_s`` and
-``max_gap_s``. The store adds a batch's aggregate in the same transaction as its rows,
-retention rebuilds the hour it cuts into, and the last migration that changed them built
-them from the rows already there — one ``Aggregate`` does all three, so rows and rollups
-cannot disagree.
+application; requests, errors, durations and tokens per node; and per model histograms of
+``duration_s``, ``ttft_s``, ``queue_wait_s`` and ``max_gap_s``. The store adds a batch's
+aggregate in the same transaction as its rows, retention rebuilds the hour it cuts into,
+and the last migration that changed them built them from the rows already there — one
+``Aggregate`` does all three, so rows and rollups cannot disagree.
 
 Percentiles come from the histograms: bucket ``b`` holds the values in
 ``[GROWTH**b, GROWTH**(b+1))`` seconds (5 % wide; values ≤ 0 have their own bucket), and a
@@ -26,11 +26,18 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from app.analytics.tables import hourly, hourly_apps, hourly_clients, hourly_latency, requests
+from app.analytics.tables import (
+    hourly,
+    hourly_apps,
+    hourly_clients,
+    hourly_latency,
+    hourly_nodes,
+    requests,
+)
 
 HOUR = 3600
 # Every rollup table: what retention and a rebuild clear.
-TABLES = (hourly, hourly_clients, hourly_apps, hourly_latency)
+TABLES = (hourly, hourly_clients, hourly_apps, hourly_nodes, hourly_latency)
 GROWTH = 1.05
 _LOG_GROWTH = math.log(GROWTH)
 MIN_BUCKET, MAX_BUCKET = -400, 400  # 1e-8 s .. 3e8 s: everything a request can take
@@ -74,6 +81,7 @@ SOURCE = (
     "truncation",
     "cold_cause",
     "placement",
+    "node",
 )
 SPILLED = ("mixed", "cpu")
 
@@ -121,11 +129,14 @@ class Aggregate:
     clients: dict[tuple[int, str], int] = field(default_factory=dict)
     # (hour, client app): [requests, prompt tokens, completion tokens]
     apps: dict[tuple[int, str], list[int]] = field(default_factory=dict)
+    # (hour, node): [requests, errors, duration sum, prompt tokens, completion tokens]
+    nodes: dict[tuple[int, str], list[Any]] = field(default_factory=dict)
     # (hour, model, metric, bucket): count
     latency: dict[tuple[int, str, str, int], int] = field(default_factory=dict)
 
     def add(self, rows: Iterable[Mapping[str, Any]]) -> Aggregate:
         groups, clients, apps, latency = self.groups, self.clients, self.apps, self.latency
+        nodes = self.nodes
         for row in rows:
             hour = hour_of(row["timestamp"])
             key = (hour, row["model"], row["category"], row["endpoint"])
@@ -135,7 +146,8 @@ class Aggregate:
             prompt, completion = row["prompt_tokens"], row["completion_tokens"]
             rate, duration = row["tokens_per_second"], row["duration_s"]
             sums[0] += 1
-            sums[1] += failed(row)
+            bad = failed(row)
+            sums[1] += bad
             sums[2] += bool(row["cancelled"])
             sums[3] += duration
             if prompt is not None:
@@ -161,6 +173,14 @@ class Aggregate:
             app[0] += 1
             app[1] += prompt or 0
             app[2] += completion or 0
+            node = nodes.get((hour, row["node"]))
+            if node is None:
+                node = nodes[(hour, row["node"])] = [0, 0, 0.0, 0, 0]
+            node[0] += 1
+            node[1] += bad
+            node[2] += duration
+            node[3] += prompt or 0
+            node[4] += completion or 0
             for metric, name in METRICS.items():
                 value = row[name]
                 if value is not None:
@@ -222,6 +242,23 @@ def apply(connection: Connection, aggregate: Aggregate) -> None:
         [
             {"hour": h, "client_app": a, "requests": n, "prompt_tokens": p, "completion_tokens": c}
             for (h, a), (n, p, c) in aggregate.apps.items()
+        ],
+    )
+    _upsert(
+        connection,
+        hourly_nodes,
+        ["hour", "node"],
+        [
+            {
+                "hour": h,
+                "node": n,
+                "requests": r,
+                "errors": e,
+                "duration_sum": d,
+                "prompt_tokens": p,
+                "completion_tokens": c,
+            }
+            for (h, n), (r, e, d, p, c) in aggregate.nodes.items()
         ],
     )
     _upsert(

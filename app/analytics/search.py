@@ -60,6 +60,7 @@ class SearchQuery:
     cold_cause: str | None = None
     cold_start: bool | None = None  # True: any cold start; False: none
     placement: str | None = None
+    node: str | None = None  # PROXY_NODE of the machine that served it
     prompt_search: str | None = None
     start_time: float | None = None
     end_time: float | None = None
@@ -97,6 +98,7 @@ _EQUALS = (
     "truncation",
     "cold_cause",
     "placement",
+    "node",
 )
 
 

@@ -3,12 +3,21 @@
 Every method is synchronous and is called from a worker thread (``asyncio.to_thread``),
 never on the event loop. Each batch is written with its full-text entries and its hourly
 rollups in one transaction (``rollups``); ``search`` and ``stats`` hold the read side.
+
+A fleet of proxies may share one PostgreSQL: ids are ULIDs (unique without coordination),
+a rollup row is added to with one ``INSERT … ON CONFLICT DO UPDATE`` (atomic, in key order
+so that two writers never deadlock), the migration runs once under a lock
+(``app.analytics.migrate``), and retention runs once per ``RETENTION_EVERY`` for the whole
+fleet: under an advisory lock, it skips when the ``maintenance`` table says another proxy
+ran it recently, and it holds the writers off (``SHARE ROW EXCLUSIVE`` on ``requests``)
+while it rebuilds the hour it cuts into, so that hour's rollups stay exact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +25,19 @@ from sqlalchemy import Engine, create_engine, delete, event, exc, insert, select
 from sqlalchemy.engine import make_url
 
 from app.analytics import rollups, search, stats
-from app.analytics.migrate import upgrade
+from app.analytics.migrate import RETENTION_LOCK, fleet_lock, upgrade
 from app.analytics.rows import RejectedRows
 from app.analytics.search import SearchQuery
-from app.analytics.tables import requests
+from app.analytics.tables import maintenance, requests
 from app.config import Settings
 
 __all__ = ["SearchQuery", "SqlStore", "create_store_engine", "database_url", "settings_url"]
 
 log = logging.getLogger(__name__)
+
+RETENTION_EVERY = 3000.0
+"""Seconds: retention that ran more recently than this (by any proxy of the fleet) is not
+run again (the writer asks every hour)."""
 
 
 def database_url(url: str | None, directory: Path) -> str:
@@ -52,7 +65,31 @@ def create_store_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=4,
+        max_overflow=4,
+        connect_args=postgres_connect_args(url),
+    )
+
+
+POSTGRES_CONNECTION = {
+    # A database across a network that stops answering must fail the write, not hang the
+    # writer thread: the batch is then retried with backoff while new records queue.
+    "connect_timeout": 10,  # seconds, for the whole connection set-up
+    "keepalives": 1,  # an idle pooled connection to a vanished server is found out
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # ms a sent write may stay unacknowledged
+}
+"""libpq parameters for PostgreSQL connections; the same ones in the URL's query win."""
+
+
+def postgres_connect_args(url: str) -> dict[str, Any]:
+    given = make_url(url).query
+    return {key: value for key, value in POSTGRES_CONNECTION.items() if key not in given}
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -68,8 +105,11 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
 class SqlStore:
     """A ``Backend`` (see ``app.analytics.rows``) over one SQLAlchemy engine."""
 
-    def __init__(self, engine: Engine, *, auto_migrate: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, *, auto_migrate: bool = True, node: str | None = None
+    ) -> None:
         self.engine = engine
+        self.node = node  # names this machine in rows that predate nodes (migration 0006)
         self.dialect = engine.dialect.name
         self.name = "postgresql" if self.dialect == "postgresql" else "sqlite"
         # Migrated before the first write; a database that is down at start-up is migrated
@@ -78,7 +118,7 @@ class SqlStore:
 
     def migrate(self) -> None:
         if not self.migrated:
-            upgrade(self.engine)
+            upgrade(self.engine, node=self.node)
             self.migrated = True
 
     async def start(self) -> None:
@@ -127,10 +167,23 @@ class SqlStore:
                 connection.execute(insert(requests), fresh)
             rollups.apply(connection, rollups.Aggregate().add(fresh))
 
-    def delete_older_than(self, cutoff: float) -> int:
+    def delete_older_than(self, cutoff: float, *, now: float | None = None) -> int:
         """Delete the rows before ``cutoff``, the rollups of the hours wholly before it, and
-        rebuild the rollup of the hour it cuts into from the rows that remain."""
+        rebuild the rollup of the hour it cuts into from the rows that remain. Done once per
+        ``RETENTION_EVERY`` for every proxy sharing the database: returns 0 at once when
+        another ran it more recently."""
+        moment = time.time() if now is None else now
+        self.migrate()
         with self.engine.begin() as connection:
+            fleet_lock(connection, RETENTION_LOCK)
+            last = connection.scalar(
+                select(maintenance.c.done_at).where(maintenance.c.task == "retention")
+            )
+            if last is not None and moment - last < RETENTION_EVERY:
+                return 0
+            if self.dialect == "postgresql":
+                # Writers wait (they insert rows and add to rollups) while the hour is rebuilt.
+                connection.execute(text("LOCK TABLE requests IN SHARE ROW EXCLUSIVE MODE"))
             if self.dialect == "sqlite":
                 connection.execute(
                     text(
@@ -148,6 +201,13 @@ class SqlStore:
                 connection.execute(delete(table).where(table.c.hour < hour))
             if hour < cutoff:
                 rollups.rebuild(connection, hour, hour + rollups.HOUR)
+            done = {"task": "retention", "done_at": moment}
+            if last is None:
+                connection.execute(insert(maintenance), done)
+            else:
+                connection.execute(
+                    maintenance.update().where(maintenance.c.task == "retention"), done
+                )
             return removed or 0
 
     def close(self) -> None:

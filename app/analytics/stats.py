@@ -18,7 +18,7 @@ from sqlalchemy import Connection, func, select
 
 from app.analytics import rollups
 from app.analytics.rollups import SUMS, Aggregate
-from app.analytics.tables import hourly, hourly_apps, hourly_clients, hourly_latency
+from app.analytics.tables import hourly, hourly_apps, hourly_clients, hourly_latency, hourly_nodes
 
 Sums = list[Any]
 
@@ -75,6 +75,7 @@ def compute(connection: Connection, since: float) -> dict[str, Any]:
             "p95_s": _percentile(histograms["gap"], 0.95),
         },
         "client_apps": _client_apps(connection, boundary, edge),
+        "nodes": _nodes(connection, boundary, edge),
         "models": [
             {
                 **entry,
@@ -175,6 +176,35 @@ def _client_apps(connection: Connection, boundary: int, edge: Aggregate) -> list
     return [
         {"name": app, "requests": n, "prompt_tokens": p, "completion_tokens": t}
         for app, (n, p, t) in ordered
+    ]
+
+
+def _nodes(connection: Connection, boundary: int, edge: Aggregate) -> list[dict[str, Any]]:
+    c = hourly_nodes.c
+    columns = (c.requests, c.errors, c.duration_sum, c.prompt_tokens, c.completion_tokens)
+    sums: dict[str, list[Any]] = {
+        node: list(values)
+        for node, *values in connection.execute(
+            select(c.node, *(func.sum(column) for column in columns))
+            .where(c.hour >= boundary)
+            .group_by(c.node)
+        )
+    }
+    for (_hour, node), counts in edge.nodes.items():
+        into = sums.setdefault(node, [0, 0, 0.0, 0, 0])
+        for i, n in enumerate(counts):
+            into[i] += n
+    ordered = sorted(sums.items(), key=lambda item: (-int(item[1][0]), item[0]))
+    return [
+        {
+            "name": node,
+            "requests": int(n),
+            "errors": int(e),
+            "avg_duration_s": _ratio(d, n),
+            "prompt_tokens": int(p),
+            "completion_tokens": int(t),
+        }
+        for node, (n, e, d, p, t) in ordered
     ]
 
 

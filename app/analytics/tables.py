@@ -113,6 +113,28 @@ hourly_apps = Table(
     Column("completion_tokens", BigInteger, nullable=False),
 )
 
+# Per hour and node (PROXY_NODE): what the stats break down per machine of a fleet.
+hourly_nodes = Table(
+    "requests_hourly_nodes",
+    metadata,
+    Column("hour", BigInteger, primary_key=True),
+    Column("node", String(64), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("duration_sum", Double, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+)
+
+# When fleet-wide upkeep (retention) last ran, so that many proxies on one database run it
+# once, not once each.
+maintenance = Table(
+    "maintenance",
+    metadata,
+    Column("task", String(32), primary_key=True),
+    Column("done_at", Double, nullable=False),
+)
+
 # Histograms ("metric") of duration_s ("duration"), ttft_s ("ttft"), queue_wait_s ("queue")
 # and max_gap_s ("gap") per model, in log-spaced buckets (rollups.bucket).
 hourly_latency = Table(

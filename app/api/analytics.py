@@ -159,6 +159,9 @@ def create_analytics_router(
         placement: Placement | None = Query(  # noqa: B008
             None, description="Where the model ran: gpu, mixed (partly on the CPU) or cpu."
         ),
+        node: str | None = Query(
+            None, max_length=64, description="The machine that served them (PROXY_NODE)."
+        ),
         prompt_search: str | None = Query(
             None, max_length=1000, description="Words that must all occur in prompt or response."
         ),
@@ -177,6 +180,7 @@ def create_analytics_router(
             "category": category,
             "key": key,
             "client_app": client_app,
+            "node": node,
         }
         _reject_nul({**texts, "prompt_search": prompt_search})
         query = SearchQuery(
@@ -190,6 +194,7 @@ def create_analytics_router(
             cold_start=cold_start,
             cold_cause=cold_cause,
             placement=placement,
+            node=node,
             prompt_search=prompt_search,
             start_time=parse_time(start_time, "start_time"),
             end_time=parse_time(end_time, "end_time"),

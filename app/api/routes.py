@@ -22,6 +22,7 @@ class ChainCheck(BaseModel):
     """The answer of ``/test``: can the proxy reach Ollama, and how fast."""
 
     proxy_version: str
+    node: str = ""  # PROXY_NODE: the machine this proxy runs on
     upstream: str
     upstream_reachable: bool
     upstream_version: str | None = None
@@ -40,6 +41,7 @@ def create_api(
     instruments: Instruments,
     http: httpx.AsyncClient,
     metrics_token: str | None = None,
+    node: str = "",
 ) -> FastAPI:
     """``upstream_url`` is Ollama's URL without credentials: ``http`` sends them as a header,
     so neither the answers of ``/test`` nor httpx's errors and logs can hold them.
@@ -81,6 +83,7 @@ def create_api(
             instruments.upstream_answered(False)
             return ChainCheck(
                 proxy_version=__version__,
+                node=node,
                 upstream=upstream_url,
                 upstream_reachable=False,
                 error=f"{type(exc).__name__}: {exc}",
@@ -88,6 +91,7 @@ def create_api(
         instruments.upstream_answered(True)
         return ChainCheck(
             proxy_version=__version__,
+            node=node,
             upstream=upstream_url,
             upstream_reachable=True,
             upstream_version=str(version) if version is not None else None,

@@ -20,6 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from app import __version__
 from app.metrics.labels import OTHER, BoundedLabel
 from app.record import ExchangeRecord
 
@@ -78,7 +79,9 @@ class Children(Generic[M]):
 class Instruments:
     """Every metric the proxy exports about the requests it forwards."""
 
-    def __init__(self, registry: CollectorRegistry, *, max_models: int = 100) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, max_models: int = 100, node: str = ""
+    ) -> None:
         self.registry = registry
         self.model_label = BoundedLabel("model", max_models)
         # The labels each in-flight request was counted under, to decrement the same ones,
@@ -210,6 +213,14 @@ class Instruments:
             ("endpoint", "model"),
             registry=registry,
         )
+        # Which machine this is and what runs on it: the series a fleet's views join on.
+        info = Gauge(
+            "ollama_proxy_info",
+            "1, labelled with this proxy's node (PROXY_NODE) and version.",
+            ("node", "version"),
+            registry=registry,
+        )
+        info.labels(node, __version__).set(1)
         # Set only by upstream_answered: its callers are the only judges of "reached".
         self._upstream_up = Gauge(
             "ollama_upstream_up",

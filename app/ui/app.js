@@ -122,19 +122,21 @@
 
   /* ---------- state, kept in the URL hash ---------- */
 
-  const FILTERS = ["q", "model", "endpoint", "category", "status", "app", "cold", "placement", "range", "from", "to"];
+  const FILTERS = ["q", "model", "endpoint", "category", "status", "app", "node", "cold", "placement", "range",
+    "from", "to"];
   /* The selects whose choices are the values seen (f-<name>), with their "any" label. */
   const SEEN = { model: "any model", endpoint: "any endpoint", category: "any category", status: "any status",
-    app: "any client app" };
+    app: "any client app", node: "any node" };
   const state = {
-    filters: { q: "", model: "", endpoint: "", category: "", status: "", app: "", cold: "", placement: "",
+    filters: { q: "", model: "", endpoint: "", category: "", status: "", app: "", node: "", cold: "", placement: "",
       range: "24h", from: "", to: "" },
     id: "",
     cursor: null, /* the cursor of the page shown; null: the newest page */
     previous: [], /* the cursors of the pages before it */
     next: null,
     shown: "", /* what the table shows, to skip re-rendering an unchanged page */
-    seen: { model: new Set(), endpoint: new Set(), category: new Set(), status: new Set(), app: new Set() },
+    seen: { model: new Set(), endpoint: new Set(), category: new Set(), status: new Set(), app: new Set(),
+      node: new Set() },
   };
   let writtenHash = null;
   let authPending = false;
@@ -177,6 +179,7 @@
     state.filters.category = $("f-category").value;
     state.filters.status = $("f-status").value;
     state.filters.app = $("f-app").value;
+    state.filters.node = $("f-node").value;
     state.filters.cold = $("f-cold").value;
     state.filters.placement = $("f-placement").value;
     state.filters.range = $("f-range").value;
@@ -256,6 +259,7 @@
       category: f.category,
       status: f.status,
       client_app: f.app,
+      node: f.node,
       cold_start: f.cold,
       placement: f.placement,
       start_time: start === null ? "" : start.toFixed(3),
@@ -270,6 +274,7 @@
       remember("category", record.category);
       remember("status", record.status);
       remember("app", record.client_app);
+      remember("node", record.node);
     }
     refreshOptions();
     const shown = JSON.stringify([page.records.map((r) => r.id), page.next_cursor, state.cursor]);
@@ -284,7 +289,7 @@
     const body = $("results").tBodies[0];
     if (!records.length) {
       body.replaceChildren(el("tr", { id: "results-empty" },
-        el("td", { colspan: 11, class: "empty" }, "No requests match.")));
+        el("td", { colspan: 12, class: "empty" }, "No requests match.")));
       return;
     }
     body.replaceChildren(...records.map((r) => {
@@ -292,6 +297,7 @@
         ? "—" : `${fmtInt(r.prompt_tokens)} → ${fmtInt(r.completion_tokens)}`;
       const row = el("tr", { "data-id": r.id, tabindex: 0, class: failed(r) ? "bad" : null },
         el("td", { class: "nowrap" }, fmtTime(r.unix_time)),
+        el("td", { "data-field": "node" }, r.node || "—"),
         el("td", null, r.model || "—"),
         el("td", null, r.endpoint),
         el("td", null, r.category),
@@ -324,6 +330,7 @@
     for (const m of stats.models) remember("model", m.name);
     for (const c of stats.categories) remember("category", c.name);
     for (const a of stats.client_apps) remember("app", a.name);
+    for (const n of stats.nodes) remember("node", n.name);
     refreshOptions();
     renderStats(stats);
   }
@@ -609,6 +616,7 @@
       why(r),
       facts([
         ["time", "timestamp", `${fmtTime(r.unix_time)} (${r.timestamp})`],
+        ["node", "node", r.node || "—"],
         ["model", "model", r.model || "—"],
         ["request", "path", `${r.method} ${r.path}`],
         ["endpoint", "endpoint", r.endpoint],
@@ -798,13 +806,13 @@
     stateToControls();
     $("forget-token").hidden = !sessionStorage.getItem(TOKEN_KEY);
     $("filters").addEventListener("submit", search);
-    for (const id of ["f-model", "f-endpoint", "f-category", "f-status", "f-app", "f-cold", "f-placement",
+    for (const id of ["f-model", "f-endpoint", "f-category", "f-status", "f-app", "f-node", "f-cold", "f-placement",
       "f-range", "f-from", "f-to"]) {
       $(id).addEventListener("change", () => search());
     }
     $("clear-button").addEventListener("click", () => {
       $("q").value = "";
-      for (const id of ["f-model", "f-endpoint", "f-category", "f-status", "f-app", "f-cold", "f-placement"]) {
+      for (const id of ["f-model", "f-endpoint", "f-category", "f-status", "f-app", "f-node", "f-cold", "f-placement"]) {
         $(id).value = "";
       }
       $("f-range").value = "24h";

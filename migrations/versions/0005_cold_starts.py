@@ -7,9 +7,8 @@ start and placement counts; per-model latency histograms.
 rows written before have none of them (NULL: not known then, never guessed now), with filter
 indexes on the cause and the placement. ``requests_hourly`` gains ``cold_starts``,
 ``placed`` and ``spilled``; ``requests_hourly_latency`` is keyed by model too (the stats show
-the queue-wait p95 of each model). Then every rollup is rebuilt from the rows, with the code
-of this revision: the last migration that changes what the rollups hold runs the rebuild,
-so a store at any earlier revision ends with rollups that agree with its rows.
+the queue-wait p95 of each model). The rollups are rebuilt from the rows by 0006, the last
+migration that changes what they hold (the rebuild runs the newest revision's code).
 
 Revision ID: 0005
 Revises: 0004
@@ -22,8 +21,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
-from app.analytics import rollups
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -59,10 +56,9 @@ def upgrade() -> None:
             "requests_hourly",
             sa.Column(name, sa.BigInteger, nullable=False, server_default="0"),
         )
-    # Rollups only: rebuilt below, so the old histograms need not be carried over.
+    # Rollups only: rebuilt by 0006, so the old histograms need not be carried over.
     op.drop_table("requests_hourly_latency")
     _latency_table("requests_hourly_latency", by_model=True)
-    rollups.rebuild(op.get_bind())
 
 
 def downgrade() -> None:

@@ -148,6 +148,7 @@ def test_a_batch_is_one_post_in_the_documented_format(
         "model": "llama3.2:latest",
         "endpoint": "/api/chat",
         "status_class": "2xx",
+        "node": "gpu-1",
     }
 
 
@@ -181,7 +182,7 @@ def test_streams_stay_few_whatever_the_prompts_ids_and_clients(loki: LokiReceive
     assert len(push.streams) <= len(models) * len(endpoints) * 3  # 2xx, 4xx, 5xx
     label_sets = [stream["stream"] for stream in push.streams]
     assert all(
-        set(labels) == {"app", "model", "endpoint", "status_class", "instance"}
+        set(labels) == {"app", "model", "endpoint", "status_class", "node", "instance"}
         for labels in label_sets
     )
     assert {labels["status_class"] for labels in label_sets} == {"2xx", "4xx", "5xx"}

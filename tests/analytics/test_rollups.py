@@ -16,8 +16,16 @@ from sqlalchemy import inspect, select, text
 from app.analytics import migrate, rollups
 from app.analytics.rollups import Aggregate, bucket
 from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
-from app.analytics.tables import hourly, hourly_apps, hourly_clients, hourly_latency, requests
+from app.analytics.tables import (
+    hourly,
+    hourly_apps,
+    hourly_clients,
+    hourly_latency,
+    hourly_nodes,
+    requests,
+)
 from app.categories.apps import ClientApps
+from app.config import default_node
 from tests.conftest import PostgresDatabases
 from tests.support import NOW, SQL_STORES, analytics_rows
 
@@ -55,6 +63,14 @@ def stored_rollups(store: SqlStore) -> Aggregate:
                 row["prompt_tokens"],
                 row["completion_tokens"],
             ]
+        for row in connection.execute(select(hourly_nodes)).mappings():
+            stored.nodes[(row["hour"], row["node"])] = [
+                row["requests"],
+                row["errors"],
+                row["duration_sum"],
+                row["prompt_tokens"],
+                row["completion_tokens"],
+            ]
         for row in connection.execute(select(hourly_latency)).mappings():
             key = (row["hour"], row["model"], row["metric"], row["bucket"])
             stored.latency[key] = row["count"]
@@ -66,6 +82,9 @@ def assert_rollups_match(store: SqlStore, rows: list[dict[str, Any]]) -> None:
     got = stored_rollups(store)
     assert got.clients == want.clients
     assert got.apps == want.apps
+    assert got.nodes.keys() == want.nodes.keys()
+    for key, sums in want.nodes.items():
+        assert [float(v) for v in got.nodes[key]] == pytest.approx(sums, rel=1e-12), key
     assert got.latency == want.latency
     assert got.groups.keys() == want.groups.keys()
     for key, sums in want.groups.items():
@@ -106,6 +125,7 @@ ADDED_BY_0004 = (
     "gpu_share",
     "requests_ahead",
     "diagnosis",
+    "node",
 )
 
 
@@ -119,6 +139,8 @@ def after_0004(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             **r,
             "client_app": apps(r["user_agent"]),
             **dict.fromkeys(ADDED_BY_0004[1:]),
+            # Served by the machine that migrated the store: 0006 names it.
+            "node": default_node(),
         }
         for r in sorted(rows, key=lambda r: r["id"])
     ]

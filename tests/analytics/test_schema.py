@@ -28,16 +28,16 @@ from tests.conftest import PostgresDatabases
 from tests.support import SQL_STORES, sample_record
 
 # Two fields of the kind the next issues add: what storing one more takes is its line.
-NODE = Stored("node", "label", 64, nullable=True, filtered=True)
+RACK = Stored("rack", "label", 64, nullable=True, filtered=True)
 COLD_LOAD = Stored("cold_load_s", "seconds", nullable=True, summary=False)
-EXTENDED = (*STORED, NODE, COLD_LOAD)
+EXTENDED = (*STORED, RACK, COLD_LOAD)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class NodeRecord(ExchangeRecord):
+class RackRecord(ExchangeRecord):
     """A record with the two fields of ``EXTENDED`` (as ExchangeRecord will have them)."""
 
-    node: str | None = None
+    rack: str | None = None
     cold_load_s: float | None = None
 
 
@@ -99,8 +99,8 @@ def test_a_field_declared_without_its_migration_is_a_difference(migrated: Engine
     found = differences(migrated, declared_with(EXTENDED))
     assert sorted((d[0], d[-1].name) for d in found) == [
         ("add_column", "cold_load_s"),
-        ("add_column", "node"),
-        ("add_index", "ix_requests_node_id"),
+        ("add_column", "rack"),
+        ("add_index", "ix_requests_rack_id"),
     ]
 
 
@@ -153,20 +153,20 @@ def test_the_response_models_read_stored_rows() -> None:
 
 def test_a_declared_field_reaches_table_row_and_api() -> None:
     table = requests_table(MetaData(), EXTENDED)
-    assert isinstance(table.c.node.type, String)
-    assert table.c.node.type.length == 64
-    assert table.c.node.nullable
+    assert isinstance(table.c.rack.type, String)
+    assert table.c.rack.type.length == 64
+    assert table.c.rack.nullable
     assert table.c.cold_load_s.nullable
-    assert "ix_requests_node_id" in {index.name for index in table.indexes}
+    assert "ix_requests_rack_id" in {index.name for index in table.indexes}
 
-    record = NodeRecord(**dataclasses.asdict(sample_record()), node="n" * 100, cold_load_s=0.25)
+    record = RackRecord(**dataclasses.asdict(sample_record()), rack="n" * 100, cold_load_s=0.25)
     row = to_row(record, store_prompts=True, max_text_bytes=BUDGET, fields=EXTENDED)
     assert list(row) == names(EXTENDED)
-    assert (row["node"], row["cold_load_s"]) == ("n" * 64, 0.25)
-    assert json.loads(compact_json(row))["node"] == "n" * 64
+    assert (row["rack"], row["cold_load_s"]) == ("n" * 64, 0.25)
+    assert json.loads(compact_json(row))["rack"] == "n" * 64
 
     summary, full = response_models(EXTENDED)
-    assert "node" in summary.model_fields
+    assert "rack" in summary.model_fields
     assert "cold_load_s" not in summary.model_fields
     assert list(full.model_fields) == served(
         [f.name for f in EXTENDED if f.summary] + [f.name for f in EXTENDED if not f.summary]
@@ -180,10 +180,10 @@ def test_a_declared_field_is_stored(tmp_path: Path) -> None:
     table: Table = requests_table(declared, EXTENDED)
     engine = create_store_engine(database_url(None, tmp_path))
     declared.create_all(engine)
-    record = NodeRecord(**dataclasses.asdict(sample_record()), node="gpu-1")
+    record = RackRecord(**dataclasses.asdict(sample_record()), rack="rack-7")
     row = to_row(record, store_prompts=True, max_text_bytes=BUDGET, fields=EXTENDED)
     with engine.begin() as connection:
         connection.execute(insert(table), [row])
-        stored = connection.execute(select(table.c.node, table.c.cold_load_s)).one()
+        stored = connection.execute(select(table.c.rack, table.c.cold_load_s)).one()
     engine.dispose()
-    assert tuple(stored) == ("gpu-1", None)
+    assert tuple(stored) == ("rack-7", None)

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from pathlib import Path
 
-from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
-from tests.support import analytics_rows
+import pytest
+import sqlalchemy
+
+from app.analytics import migrate
+from app.analytics.sql import (
+    POSTGRES_CONNECTION,
+    RETENTION_EVERY,
+    SearchQuery,
+    SqlStore,
+    create_store_engine,
+    database_url,
+    postgres_connect_args,
+)
+from tests.conftest import PostgresDatabases
+from tests.support import NODES, NOW, SQL_STORES, analytics_rows, newest_first
 
 ROWS = analytics_rows()
 
@@ -41,3 +57,104 @@ def test_client_chosen_strings_fit_their_columns(loaded_store: SqlStore) -> None
     stored = loaded_store.get(record.id)
     assert stored is not None
     assert stored["model"] == "m" * 255
+
+
+# -- a fleet: many proxies on one database ----------------------------------------------------
+
+
+@pytest.fixture(params=SQL_STORES)
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database that several stores (several proxies) share."""
+    if request.param == "sqlite":
+        return database_url(None, tmp_path)
+    databases: PostgresDatabases = request.getfixturevalue("postgres")
+    return database_url(databases.create(), tmp_path)
+
+
+def test_retention_runs_once_for_the_whole_fleet(shared_url: str) -> None:
+    first, second = (SqlStore(create_store_engine(shared_url)) for _ in range(2))
+    first.write(ROWS[:100])
+    cutoff = ROWS[40]["timestamp"]
+    now = time.time()
+    assert first.delete_older_than(cutoff, now=now) == 40
+    second.write(ROWS[:10])  # a late batch of old records, after the first proxy's run
+    # The second proxy's hourly run comes soon after: the fleet's retention has just run.
+    assert second.delete_older_than(cutoff, now=now + 60) == 0
+    # An interval later, whichever proxy asks first runs it again.
+    assert second.delete_older_than(cutoff, now=now + RETENTION_EVERY + 1) == 10
+    assert first.delete_older_than(cutoff, now=now + RETENTION_EVERY + 2) == 0
+    rows, _ = first.search(SearchQuery(limit=1000))
+    assert len(rows) == 60
+    for store in (first, second):
+        store.close()
+
+
+@pytest.mark.postgres
+def test_proxies_starting_at_once_migrate_an_empty_database_once(
+    postgres: PostgresDatabases, tmp_path: Path
+) -> None:
+    url = database_url(postgres.create(), tmp_path)
+    stores = [SqlStore(create_store_engine(url), node=f"gpu-{i}") for i in range(4)]
+    errors: list[BaseException] = []
+
+    def start(store: SqlStore) -> None:
+        try:
+            store.migrate()  # what each proxy does at start-up
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert migrate.current(stores[0].engine) == migrate.head(stores[0].engine)
+    migrate.check(stores[0].engine)
+    for store in stores:
+        store.close()
+
+
+def test_each_node_is_found_and_counted(loaded_store: SqlStore) -> None:
+    for node in NODES:
+        rows, _ = loaded_store.search(SearchQuery(node=node, limit=1000, start_time=NOW - 86400))
+        expected = [r["id"] for r in newest_first(node=node) if r["timestamp"] >= NOW - 86400]
+        assert [r["id"] for r in rows] == expected
+        assert expected
+    stats = loaded_store.stats(NOW - 86400)
+    window = [r for r in ROWS if r["timestamp"] >= NOW - 86400]
+    nodes = {n["name"]: n for n in stats["nodes"]}
+    assert set(NODES) <= set(nodes)  # other tests of the module add rows of their own
+    for node in NODES:
+        entry = nodes[node]
+        mine = [r for r in window if r["node"] == node]
+        assert entry["requests"] == len(mine)
+        assert entry["errors"] == sum(1 for r in mine if r["status"] >= 400)
+        assert entry["completion_tokens"] == sum(r["completion_tokens"] for r in mine)
+        assert entry["avg_duration_s"] == pytest.approx(
+            sum(r["duration_s"] for r in mine) / len(mine)
+        )
+    assert sum(n["requests"] for n in stats["nodes"]) == stats["total_requests"]
+
+
+def test_a_postgresql_that_never_answers_fails_the_write_instead_of_hanging_it() -> None:
+    """A server that accepts the connection and then says nothing (a host gone mid-way, a
+    half-open link): the writer's attempt ends after connect_timeout, the URL's own value
+    winning over the default, so the batch is retried rather than the writer stuck."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    port = silent.getsockname()[1]
+    url = f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=1"
+    assert postgres_connect_args(url)["tcp_user_timeout"] == POSTGRES_CONNECTION["tcp_user_timeout"]
+    assert "connect_timeout" not in postgres_connect_args(url)
+    assert postgres_connect_args(url[: url.index("?")]) == POSTGRES_CONNECTION
+    store = SqlStore(create_store_engine(url))
+    started = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="timeout"):
+        store.write(ROWS[:1])
+    assert time.monotonic() - started < POSTGRES_CONNECTION["connect_timeout"]
+    assert held, "the proxy never reached the server"
+    store.close()
+    for sock in (*held, silent):
+        sock.close()

@@ -50,15 +50,17 @@ def run_api(
     *,
     upstream_url: str = UPSTREAM,
     metrics_token: str | None = None,
+    node: str = "gpu-1",
 ) -> CollectorRegistry:
     """Build the API on ``http`` and ``drive(client of the API, its registry)``."""
     registry = CollectorRegistry()
     api = create_api(
         upstream_url=upstream_url,
         registry=registry,
-        instruments=Instruments(registry),
+        instruments=Instruments(registry, node=node),
         http=http,
         metrics_token=metrics_token,
+        node=node,
     )
 
     async def go() -> None:
@@ -92,6 +94,7 @@ def test_test_reports_a_reachable_ollama_and_its_version() -> None:
     ollama = Ollama(JSONResponse({"version": "0.33.1"}))
     check, up = check_of(ollama.client())
     assert check["proxy_version"] == __version__
+    assert check["node"] == "gpu-1"
     assert check["upstream"] == UPSTREAM
     assert check["upstream_reachable"] is True
     assert check["upstream_version"] == "0.33.1"

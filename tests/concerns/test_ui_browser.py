@@ -230,7 +230,8 @@ def test_table_lists_the_requests_newest_first_pages_and_refreshes_live(
     cells = browser.execute_script(
         "return [...document.querySelector('#results tbody tr').cells].map(c => c.textContent)"
     )
-    assert cells[1:5] == [
+    assert cells[1:6] == [
+        newest["node"],
         newest["model"],
         newest["endpoint"],
         newest["category"],
@@ -426,6 +427,7 @@ DIAGNOSED: list[dict[str, Any]] = [
         "model": "llama3.2:latest",
         "client_app": "aider",
         "prompt": "Write a haiku",
+        "node": "gpu-2",
         "ollama_load_s": 2.5,
         "cold_cause": "first_load",
         "placement": "cpu",
@@ -435,6 +437,7 @@ DIAGNOSED: list[dict[str, Any]] = [
         "model": "llama3.2:latest",
         "client_app": "",
         "prompt": "Say hi",
+        "node": "gpu-2",
     },
 ]
 
@@ -754,3 +757,26 @@ def shown_seconds(text: str) -> float:
     match = re.fullmatch(r"([0-9.]+) (ms|s)", text)
     assert match, text
     return float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
+
+
+def test_the_node_column_and_filter_show_which_machine_served_each_request(
+    browser: WebDriver, diagnosed: tuple[ProxyProcess, list[str]]
+) -> None:
+    proxy, ids = diagnosed
+    open_page(browser, proxy.url + "/ui/")
+    rows_become(browser, ids)
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('#results tbody td[data-field=node]')]"
+        ".map((cell) => cell.textContent)"
+    )
+    assert shown == ["gpu-1", "gpu-1", "gpu-2", "gpu-2"]
+    # The nodes come from the stats (per node) and the rows seen.
+    until(browser, lambda d: option_values(d, "f-node") == ["", "gpu-1", "gpu-2"])
+    Select(browser.find_element(By.ID, "f-node")).select_by_value("gpu-2")
+    rows_become(browser, ids[2:])
+    assert "node=gpu-2" in browser.current_url
+    assert [r["id"] for r in search_api(proxy, node="gpu-2")["records"]] == ids[2:]
+    click_row(browser, ids[2])
+    until(browser, lambda d: (field(d, '#record [data-field="node"]') or {}).get("text") == "gpu-2")
+    browser.find_element(By.ID, "clear-button").click()
+    rows_become(browser, ids)

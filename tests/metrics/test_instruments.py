@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from app import __version__
 from app.metrics.instruments import Instruments
 from app.record import ExchangeRecord, new_record_id
 from tests.support import sample_record
@@ -278,3 +279,12 @@ def test_load_events_share_the_model_bound(metrics: tuple[Instruments, Collector
         if s.name == "ollama_model_loads_total"
     }
     assert labels == {"a", "b", "other"}
+
+
+def test_the_info_series_names_the_node_and_the_version() -> None:
+    registry = CollectorRegistry()
+    Instruments(registry, node="gpu-7")
+    labels = {"node": "gpu-7", "version": __version__}
+    assert registry.get_sample_value("ollama_proxy_info", labels) == 1
+    series = [s for f in registry.collect() if f.name == "ollama_proxy_info" for s in f.samples]
+    assert len(series) == 1
