@@ -9,7 +9,7 @@ DEV=0
 [ "${1:-}" = "--dev" ] && DEV=1
 
 # Debian packages the test suite starts for real (added as the suite needs them).
-DEV_APT_PACKAGES=(prometheus docker-compose nginx wrk chromium chromium-driver)
+DEV_APT_PACKAGES=(prometheus docker-compose nginx wrk chromium chromium-driver iproute2)
 
 apt_install() {
     [ "$#" -gt 0 ] || return 0
