@@ -55,6 +55,9 @@ VALUES = {
     "__range": "1h",
     "__value.raw": SAMPLE_ID,
     "model": MODEL,
+    # The node variable's All (allValue ".*"), which also matches series without a node label:
+    # those of a single-machine stack, as Prometheus scrapes them here.
+    "node": ".*",
     "search": "sky",
 }
 BUILTIN_VARIABLES = frozenset(name for name in VALUES if name.startswith("__"))
@@ -515,9 +518,11 @@ def test_dashboard_provider_loads_the_mounted_folder() -> None:
 # ---------------------------------------------------------------------- dashboard structure
 
 
-def test_the_four_dashboards_exist_with_unique_uids_and_titles() -> None:
+def test_the_five_dashboards_exist_with_unique_uids_and_titles() -> None:
     names = [path.name for path in dashboard_files()]
-    assert names == ["analytics.json", "diagnostics.json", "model.json", "overview.json"]
+    assert names == [
+        "analytics.json", "diagnostics.json", "fleet.json", "model.json", "overview.json",
+    ]  # fmt: skip
     dashboards = [json.loads(path.read_text()) for path in dashboard_files()]
     uids = [d["uid"] for d in dashboards]
     titles = [d["title"] for d in dashboards]
@@ -579,8 +584,13 @@ def test_every_variable_used_is_defined(path: Path) -> None:
     assert defined <= used, f"{path.name}: variables no query uses: {defined - used}"
 
 
+# Prometheus's own: the scrape's health and the target labels it adds; exported_node is the
+# proxy's node label (ollama_proxy_info) kept aside where a targets file sets node (the fleet).
+PROMETHEUS_OWN = {"up", "job", "instance", "exported_node"}
+
+
 def test_promql_uses_only_documented_metrics_and_labels() -> None:
-    documented = documented_names() | {"le"}
+    documented = documented_names() | {"le"} | PROMETHEUS_OWN
     functions = {
         "sum", "max", "min", "avg", "count", "rate", "increase", "histogram_quantile", "vector",
     }  # fmt: skip
@@ -617,18 +627,72 @@ MODEL_DASHBOARDS = ["model.json", "diagnostics.json"]
 
 @pytest.mark.parametrize("name", MODEL_DASHBOARDS)
 def test_model_variable_lists_models(name: str) -> None:
-    [variable] = load_dashboards()[name]["templating"]["list"]
+    node, variable = load_dashboards()[name]["templating"]["list"]
+    assert node["name"] == "node", "the node comes first: it narrows the models listed"
     assert variable["name"] == "model"
     assert variable["datasource"] == {"type": "prometheus", "uid": "prometheus"}
-    assert variable["query"]["query"] == "label_values(ollama_requests_total, model)"
+    query = 'label_values(ollama_requests_total{node=~"$node"}, model)'
+    assert variable["query"]["query"] == query
     assert variable["definition"] == variable["query"]["query"]
     assert (variable["multi"], variable["includeAll"], variable["allValue"]) == (True, True, ".+")
 
 
+NODE_QUERY = "label_values(ollama_proxy_info, node)"
+# Every dashboard is filtered by node; the Fleet overview shows them side by side.
+NODE_DASHBOARDS = [
+    "analytics.json",
+    "diagnostics.json",
+    "fleet.json",
+    "model.json",
+    "overview.json",
+]
+PROMQL_SELECTOR = re.compile(r"\b((?:ollama|gen_ai)_[a-z_]+|up)\b(\{[^}]*\})?")
+NODE_MATCHER = 'node=~"$node"'
+
+
+def variable_named(dashboard: dict[str, Any], name: str) -> dict[str, Any]:
+    [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == name]
+    return variable
+
+
+@pytest.mark.parametrize("name", NODE_DASHBOARDS)
+def test_node_variable_lists_nodes_and_all_covers_a_single_machine(name: str) -> None:
+    dashboard = load_dashboards()[name]
+    variable = variable_named(dashboard, "node")
+    assert dashboard["templating"]["list"][0] is variable
+    assert variable["type"] == "query"
+    assert variable["datasource"] == {"type": "prometheus", "uid": "prometheus"}
+    assert variable["query"]["query"] == variable["definition"] == NODE_QUERY
+    assert (variable["multi"], variable["includeAll"]) == (True, True)
+    # All must match series without a node label too (a single-machine stack's: an absent
+    # label is ""), which ".+" would not.
+    assert variable["allValue"] == ".*"
+    assert re.fullmatch(variable["allValue"], "")
+    assert variable["current"] == {}, "All (the first option) unless the URL says otherwise"
+
+
+@pytest.mark.parametrize("name", NODE_DASHBOARDS)
+def test_every_selector_is_narrowed_to_the_chosen_nodes(name: str) -> None:
+    targets = [t for t in TARGETS if t.dashboard == name]
+    assert targets
+    for target in targets:
+        if target.datasource.get("type") == "prometheus":
+            expr = PROMQL_STRING.sub(
+                lambda m: m[0].replace("{", "(").replace("}", ")"), target.expr
+            )
+            selectors = list(PROMQL_SELECTOR.finditer(expr))
+            assert selectors, target
+            for selector in selectors:
+                assert NODE_MATCHER in (selector[2] or ""), f"{selector[0]} in {target}"
+        else:
+            for matchers in parse_logql(target.expr.replace("$search", "")).selectors:
+                assert matchers.get("node") == ("=~", "$node"), target
+
+
 def test_search_variable_is_a_line_filter() -> None:
     dashboard = load_dashboards()["analytics.json"]
-    [variable] = dashboard["templating"]["list"]
-    assert (variable["type"], variable["name"]) == ("textbox", "search")
+    variable = variable_named(dashboard, "search")
+    assert variable["type"] == "textbox"
     assert any('|= "$search"' in target.expr for target in LOGQL)
     # Empty (the default) it filters nothing and is still valid LogQL.
     for target in LOGQL:
@@ -854,17 +918,30 @@ def test_promql_is_valid_and_returns_data(target: Target, scraped: Scraped) -> N
         time.sleep(0.5)
 
 
+def label_values(prometheus: str, query: str) -> list[str]:
+    """What Grafana lists for the variable query ``label_values(SERIES, LABEL)``."""
+    match = re.fullmatch(r"label_values\((\w+(?:\{[^}]*\})?),\s*(\w+)\)", substitute(query))
+    assert match, query
+    series, label = match.groups()
+    answer = httpx.get(f"{prometheus}/api/v1/label/{label}/values", params={"match[]": series})
+    assert answer.json()["status"] == "success", answer.text
+    values: list[str] = answer.json()["data"]
+    return values
+
+
 @pytest.mark.process
 def test_model_variable_query_finds_the_model(scraped: Scraped) -> None:
-    variable = load_dashboards()["model.json"]["templating"]["list"][0]
-    match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["query"]["query"])
-    assert match, variable["query"]
-    metric, label = match.groups()
-    answer = httpx.get(
-        f"{scraped.prometheus}/api/v1/label/{label}/values", params={"match[]": metric}
-    ).json()
-    assert answer["status"] == "success"
-    assert MODEL in answer["data"], answer
+    variable = variable_named(load_dashboards()["model.json"], "model")
+    assert MODEL in label_values(scraped.prometheus, variable["query"]["query"])
+
+
+@pytest.mark.process
+def test_node_variable_query_finds_the_machine(scraped: Scraped) -> None:
+    """A single-machine stack: the one proxy's node (PROXY_NODE, its host name by default)."""
+    variable = variable_named(load_dashboards()["overview.json"], "node")
+    nodes = label_values(scraped.prometheus, variable["query"]["query"])
+    assert len(nodes) == 1, nodes
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,64}", nodes[0]), nodes
 
 
 @pytest.mark.process

@@ -56,6 +56,8 @@ OLLAMA_MAX_MODEL_NAME = 350 + 1 + 80 + 1 + 80 + 1 + 80
 # Room beyond the capped texts for the row fields that are not capped (path, user agent,
 # client, the model name as the client sent it): small in practice.
 UNCAPPED_ALLOWANCE = 64 * 1024
+# The nodes the fleet's central Loki (docker-compose.central.yml) is sized for, at their worst.
+FLEET_NODES = 10
 
 
 def load(path: Path) -> Any:
@@ -122,6 +124,11 @@ def volumes_of(service: dict[str, Any]) -> Iterator[tuple[str, str]]:
         else:
             source, target, *_ = volume.split(":")
             yield source, target
+
+
+# The one host file the stacks mount: the machine's name, for PROXY_NODE's default
+# (deploy/node/entrypoint.sh).
+HOST_FILES = {"/etc/hostname"}
 
 
 def is_bind(source: str) -> bool:
@@ -214,8 +221,10 @@ def test_images_are_pinned() -> None:
 def test_bind_mounts_exist_and_named_volumes_are_declared() -> None:
     declared = load(COMPOSE).get("volumes") or {}
     for name, service in services().items():
-        for source, _ in volumes_of(service):
-            if is_bind(source):
+        for source, target in volumes_of(service):
+            if source in HOST_FILES:
+                assert target != source, f"{name}: {source} would hide the container's own"
+            elif is_bind(source):
                 path = (DEPLOY / source).resolve()
                 assert path.is_relative_to(ROOT), f"{name}: {source} is outside the repo"
                 # Docker would silently create a missing source as an empty directory.
@@ -281,12 +290,18 @@ def test_the_proxy_is_wired_to_ollama_loki_and_prometheus(
         monkeypatch.delenv(field.upper(), raising=False)
     for key, value in proxy["environment"].items():
         monkeypatch.setenv(key, interpolated(str(value)))
+    # Empty in .env.example: deploy/node/entrypoint.sh makes it the host's name
+    # (tests/deploy/test_fleet.py runs the script).
+    assert proxy["environment"]["PROXY_NODE"] == "${PROXY_NODE:-}"
+    assert proxy["entrypoint"] == ["sh", "/usr/local/lib/ollama-metrics/node-entrypoint.sh"]
+    monkeypatch.setenv("PROXY_NODE", "gpu-01")
     args = _parser().parse_args(proxy["command"])
     assert args.command == "proxy"
     settings = settings_from_args(args)
 
     assert settings.ollama_upstream == "http://ollama:11434"
     assert settings.analytics_backends == ("sqlite", "loki")
+    assert settings.proxy_node == "gpu-01"
     assert settings.analytics_token is None or not settings.analytics_token.get_secret_value()
     # SIGTERM: in-flight requests finish, then the analytics queues drain, then Docker kills.
     drain = settings.shutdown_grace_seconds + settings.analytics_drain_seconds
@@ -585,8 +600,10 @@ def test_loki_has_room_for_every_stream_the_proxy_can_make() -> None:
     models = DEFAULT_MAX_MODELS + 2  # the admitted ones, other, none
     status_classes = 6  # 1xx to 5xx, unknown
     streams = models * len(known_labels()) * status_classes
-    # Over the limit Loki answers 429, which the proxy retries: its Loki queue would stop.
-    assert limits()["max_global_streams_per_user"] >= streams
+    # Each node of a fleet has streams of its own (label node): the central Loki (the same
+    # config) takes FLEET_NODES of them. Over the limit Loki answers 429, which the proxy
+    # retries: its Loki queue would stop.
+    assert limits()["max_global_streams_per_user"] >= streams * FLEET_NODES
 
 
 @pytest.mark.process
