@@ -86,9 +86,10 @@ def _parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser(
         "db",
-        help="manage the analytics database schema (Alembic migrations)",
+        help="manage the analytics database: its schema (Alembic migrations), copies",
         description="Upgrade, downgrade or show the schema of the SQL analytics store "
-        "(ANALYTICS_DATABASE_URL, or the SQLite file in ANALYTICS_DIR).",
+        "(ANALYTICS_DATABASE_URL, or the SQLite file in ANALYTICS_DIR), or copy its records "
+        "into another store.",
     )
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     upgrade = db_commands.add_parser("upgrade", help="migrate to a revision (default: head)")
@@ -96,6 +97,39 @@ def _parser() -> argparse.ArgumentParser:
     downgrade = db_commands.add_parser("downgrade", help="migrate back to a revision")
     downgrade.add_argument("revision", help="e.g. -1, base or a revision id")
     db_commands.add_parser("current", help="print the database's revision and the newest one")
+    copy = db_commands.add_parser(
+        "copy",
+        help="copy every record into another store (e.g. this machine's SQLite into a fleet's "
+        "PostgreSQL)",
+        description="Migrate --to to the newest revision, then copy every record of --from "
+        "that --to lacks, in id order, through the store's normal write path (rollups and "
+        "full-text index included). Records already in --to are skipped, so running it again, "
+        "after an interruption or for another machine's store, copies nothing twice. --from "
+        "is only read (a store at an older revision is read as it is, not upgraded). "
+        "Exit 0: done; 1: a database failed; 2: --from or --to cannot be copied.",
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL_OR_PATH",
+        help="the store to read: a SQLite file or a database URL (default: the SQLite file "
+        "in ANALYTICS_DIR)",
+    )
+    copy.add_argument(
+        "--to",
+        dest="target",
+        metavar="URL_OR_PATH",
+        help="the store to write: postgresql://USER:PASSWORD@HOST/DB or a SQLite file "
+        "(default: ANALYTICS_DATABASE_URL)",
+    )
+    copy.add_argument(
+        "--node",
+        help="the machine that recorded --from, for records older than nodes (default: "
+        "PROXY_NODE, else the host name)",
+    )
+    copy.add_argument(
+        "--batch-size", type=int, default=5000, metavar="N", help="records per transaction"
+    )
 
     service = commands.add_parser(
         "service",
@@ -175,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if args.command == "db" and args.db_command == "copy":
+        return run_copy(settings, args.source, args.target, args.node, args.batch_size)
     if args.command == "db":
         return run_db(settings, args.db_command, getattr(args, "revision", None))
     if args.command == "doctor":
@@ -207,7 +243,7 @@ def run_db(settings: Settings, action: str, revision: str | None) -> int:
     shown = engine.url.render_as_string(hide_password=True)
     try:
         if action == "upgrade":
-            migrate.upgrade(engine, revision or "head")
+            migrate.upgrade(engine, revision or "head", node=settings.proxy_node)
         elif action == "downgrade":
             migrate.downgrade(engine, revision or "-1")
         print(f"{shown}: at {migrate.current(engine) or 'base'} (newest: {migrate.head(engine)})")
@@ -218,6 +254,48 @@ def run_db(settings: Settings, action: str, revision: str | None) -> int:
         return 1
     finally:
         engine.dispose()
+    return 0
+
+
+def run_copy(
+    settings: Settings, source: str | None, target: str | None, node: str | None, batch_size: int
+) -> int:
+    from app.analytics.copy import CopyError, copy_store, location_url, shown
+    from app.analytics.sql import database_url
+    from app.config import NODE_NAME
+
+    def fail(message: str, code: int) -> int:
+        print(f"ollama-metrics db copy: {message}", file=sys.stderr)
+        return code
+
+    if target is None:
+        given = settings.analytics_database_url
+        if given is None:
+            return fail("say where to copy to: --to URL (or set ANALYTICS_DATABASE_URL)", 2)
+        target = given.get_secret_value()
+    if source is None:
+        source = database_url(None, settings.analytics_dir)
+    if node is not None and not NODE_NAME.fullmatch(node):
+        return fail(f"--node must be 1 to 64 letters, digits, '.', '_' or '-', got {node!r}", 2)
+    if batch_size < 1:
+        return fail("--batch-size must be at least 1", 2)
+    try:
+        result = copy_store(
+            source,
+            target,
+            node=node or settings.proxy_node,
+            batch_size=batch_size,
+            report=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except CopyError as exc:
+        return fail(str(exc), exc.code)
+    except KeyboardInterrupt:
+        return fail("interrupted: what was copied stays; run it again to go on", 1)
+    print(
+        f"{shown(location_url(source))} -> {shown(location_url(target))}: copied "
+        f"{result.copied:,} records, skipped {result.skipped:,} already there, "
+        f"in {result.seconds:.1f} s"
+    )
     return 0
 
 

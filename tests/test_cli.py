@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app import __version__
+from app.analytics.sql import SqlStore, create_store_engine
 from tests.conftest import PostgresDatabases
 from tests.emulator import EmulatorServer
-from tests.support import ROOT, ProxyProcess, free_port, wait_until_listening
+from tests.support import ROOT, ProxyProcess, analytics_rows, free_port, wait_until_listening
 
 # Every test runs the installed command in a process of its own.
 pytestmark = pytest.mark.process
@@ -180,3 +181,47 @@ def test_db_command_on_an_unreachable_database_is_a_clear_error() -> None:
     assert "OperationalError" in done.stderr
     assert "pw" not in done.stderr.replace("OperationalError", "")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.postgres
+def test_db_copy_moves_this_machines_records_into_postgresql(
+    tmp_path: Path, postgres: PostgresDatabases
+) -> None:
+    store = SqlStore(create_store_engine(f"sqlite:///{tmp_path / 'analytics.db'}"))
+    store.write(analytics_rows()[:1200])
+    store.close()
+    central = postgres.create()
+    env = {**os.environ, "ANALYTICS_DIR": str(tmp_path)}  # --from: this machine's SQLite
+    done = run("db", "copy", "--to", central, "--batch-size", "500", env=env)
+    assert done.returncode == 0, done.stderr
+    shown = make_url(central).set(drivername="postgresql+psycopg").render_as_string()
+    summary = f"{tmp_path / 'analytics.db'} -> {shown}: copied 1,200 records, skipped 0"
+    assert done.stdout.startswith(summary)
+    assert "500 of 1,200 read: 500 copied, 0 skipped" in done.stderr
+    assert "1,200 of 1,200 read: 1,200 copied, 0 skipped" in done.stderr
+    # Again, with the target from ANALYTICS_DATABASE_URL: nothing copied twice.
+    again = run("db", "copy", env={**env, "ANALYTICS_DATABASE_URL": central})
+    assert again.returncode == 0, again.stderr
+    assert "copied 0 records, skipped 1,200 already there" in again.stdout
+
+
+def test_db_copy_says_what_is_wrong(tmp_path: Path) -> None:
+    env = {**os.environ, "ANALYTICS_DIR": str(tmp_path)}
+    env.pop("ANALYTICS_DATABASE_URL", None)
+    nowhere = run("db", "copy", env=env)
+    assert nowhere.returncode == 2
+    assert "say where to copy to: --to URL (or set ANALYTICS_DATABASE_URL)" in nowhere.stderr
+    missing = run("db", "copy", "--to", str(tmp_path / "to.db"), env=env)
+    assert missing.returncode == 2
+    assert f"ollama-metrics db copy: {tmp_path / 'analytics.db'}: no such file" in missing.stderr
+    bad_node = run("db", "copy", "--to", str(tmp_path / "to.db"), "--node", "a b", env=env)
+    assert bad_node.returncode == 2
+    assert "--node must be 1 to 64 letters" in bad_node.stderr
+    store = SqlStore(create_store_engine(f"sqlite:///{tmp_path / 'analytics.db'}"))
+    store.write(analytics_rows()[:10])
+    store.close()
+    down = run("db", "copy", "--to", "postgresql://nobody:pw@127.0.0.1:9/none", env=env)
+    assert down.returncode == 1
+    assert "cannot use the target postgresql+psycopg://nobody:***@127.0.0.1:9/none" in down.stderr
+    for output in (nowhere, missing, bad_node, down):
+        assert "Traceback" not in output.stderr
