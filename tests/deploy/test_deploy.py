@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -69,15 +69,21 @@ def services() -> dict[str, Any]:
     return services
 
 
-def env_example() -> dict[str, str]:
+def env_file(path: Path) -> dict[str, str]:
+    """The NAME=value lines of an env file (``.env.example`` and the fleet's)."""
     values = {}
-    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             name, sep, value = line.partition("=")
-            assert sep, f".env.example: not NAME=value: {line!r}"
+            assert sep, f"{path.name}: not NAME=value: {line!r}"
+            assert name not in values, f"{path.name}: {name} twice"
             values[name] = value
     return values
+
+
+def env_example() -> dict[str, str]:
+    return env_file(ENV_EXAMPLE)
 
 
 def strings(node: Any) -> Iterator[str]:
@@ -233,20 +239,26 @@ def test_bind_mounts_exist_and_named_volumes_are_declared() -> None:
                 assert source in declared, f"{name}: volume {source} is not declared"
 
 
-def test_every_variable_is_documented_with_its_default() -> None:
-    env = env_example()
+def assert_variables_documented(files: Sequence[Path], example: Path) -> None:
+    """Every ${NAME} of ``files`` is in ``example`` with the same default (or empty where
+    it is required), and ``example`` holds no other (but COMPOSE_*)."""
+    env = env_file(example)
     used = set()
-    for path in (COMPOSE, GPU_COMPOSE):
+    for path in files:
         for text in strings(load(path)):
             assert "$" not in VARIABLE.sub("", text), f"{path.name}: use ${{NAME}}: {text!r}"
             for match in VARIABLE.finditer(text):
                 name, op = match["name"], match["op"]
                 used.add(name)
-                assert name in env, f"{name} is not in .env.example"
+                assert name in env, f"{name} is not in {example.name}"
                 assert op in (":-", ":?"), f"{name}: give a default (:-) or require it (:?)"
-                # Copying .env.example changes nothing but what the user must choose.
+                # Copying the example changes nothing but what the user must choose.
                 assert env[name] == (match["arg"] if op == ":-" else ""), name
     assert set(env) - {n for n in env if n.startswith("COMPOSE_")} == used
+
+
+def test_every_variable_is_documented_with_its_default() -> None:
+    assert_variables_documented([COMPOSE, GPU_COMPOSE], ENV_EXAMPLE)
 
 
 def test_published_ports_and_credentials_come_from_env_example() -> None:
@@ -334,12 +346,16 @@ def test_the_proxy_is_wired_to_ollama_loki_and_prometheus(
     ids=" ".join,
 )
 def test_promtool(args: list[str]) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "the Debian package prometheus is not installed (scripts/setup.sh --dev)"
-    result = subprocess.run(
-        [promtool, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    promtool(*args)
+
+
+def promtool(*args: str) -> str:
+    """``promtool ARGS`` run in the repo; what it said (it must succeed)."""
+    binary = shutil.which("promtool")
+    assert binary, "the Debian package prometheus is not installed (scripts/setup.sh --dev)"
+    result = subprocess.run([binary, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
 
 
 def container_to_host(service: dict[str, Any], container_path: str) -> Path | None:

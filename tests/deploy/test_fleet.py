@@ -11,7 +11,6 @@ import contextlib
 import math
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,11 +34,14 @@ from tests.deploy.test_deploy import (
     PROMETHEUS_CONFIG,
     ROOT,
     VARIABLE,
+    assert_variables_documented,
     compose_validator,
     docker_compose,
     duration,
+    env_file,
     is_bind,
     load,
+    promtool,
     strings,
     volumes_of,
 )
@@ -66,18 +68,6 @@ REQUIRED = {
 STACKS = {"node": (NODE_COMPOSE, NODE_ENV), "central": (CENTRAL_COMPOSE, CENTRAL_ENV)}
 FLEET = ["node-a", "node-b"]
 DATA_TIMEOUT = 30.0
-
-
-def env_file(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, sep, value = line.partition("=")
-            assert sep, f"{path.name}: not NAME=value: {line!r}"
-            assert name not in values, f"{path.name}: {name} twice"
-            values[name] = value
-    return values
 
 
 def services(path: Path) -> dict[str, Any]:
@@ -229,20 +219,7 @@ def test_bind_mounts_exist_and_named_volumes_are_declared(path: Path) -> None:
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_variable_is_documented_with_its_default(stack: str) -> None:
     compose, example = STACKS[stack]
-    env = env_file(example)
-    used = set()
-    files = [compose, GPU_COMPOSE] if stack == "node" else [compose]
-    for path in files:
-        for text in strings(load(path)):
-            assert "$" not in VARIABLE.sub("", text), f"{path.name}: use ${{NAME}}: {text!r}"
-            for match in VARIABLE.finditer(text):
-                name, op = match["name"], match["op"]
-                used.add(name)
-                assert name in env, f"{name} is not in {example.name}"
-                assert op in (":-", ":?"), f"{name}: give a default (:-) or require it (:?)"
-                # Copying the example changes nothing but what the user must choose.
-                assert env[name] == (match["arg"] if op == ":-" else ""), name
-    assert set(env) - {n for n in env if n.startswith("COMPOSE_")} == used
+    assert_variables_documented([compose, GPU_COMPOSE] if stack == "node" else [compose], example)
     # Each variable is explained: a comment line right above it, or above its group.
     lines = example.read_text(encoding="utf-8").splitlines()
     for index, line in enumerate(lines):
@@ -425,13 +402,7 @@ def test_node_entrypoint_refuses_a_node_without_a_name(tmp_path: Path) -> None:
 )
 def test_promtool(args: list[str]) -> None:
     """promtool also reads and checks the targets files of file_sd_configs."""
-    promtool = shutil.which("promtool")
-    assert promtool, "the Debian package prometheus is not installed (scripts/setup.sh --dev)"
-    result = subprocess.run(
-        [promtool, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"Checking {ALERTS.relative_to(ROOT)}" in result.stdout + result.stderr
+    assert f"Checking {ALERTS.relative_to(ROOT)}" in promtool(*args)
 
 
 def fleet_job(config: dict[str, Any]) -> dict[str, Any]:
