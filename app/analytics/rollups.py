@@ -18,13 +18,14 @@ nearest-rank value (one bucket: the exact value and the estimate always share it
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from app.analytics.tables import (
     hourly,
@@ -197,19 +198,30 @@ def _upsert(
 ) -> None:
     if not rows:
         return
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=keys,
-        set_={
-            column.name: table.c[column.name] + statement.excluded[column.name]
-            for column in table.c
-            if column.name not in keys
-        },
-    )
     # Sorted keys: two transactions adding to the same rollup rows lock them in one order.
     rows.sort(key=lambda row: tuple(row[key] for key in keys))
-    connection.execute(statement, rows)
+    statement, columns = _upsert_statement(connection.dialect.name, table, tuple(keys))
+    pick = operator.itemgetter(*columns)
+    connection.exec_driver_sql(statement, [pick(row) for row in rows])
+
+
+@functools.cache
+def _upsert_statement(dialect: str, table: Any, keys: tuple[str, ...]) -> tuple[str, list[str]]:
+    """``INSERT … ON CONFLICT (keys) DO UPDATE`` adding every other column (the same SQL on
+    SQLite and PostgreSQL, but for the parameter marker), and its columns in order: one
+    prepared executemany per table and batch, without SQLAlchemy compiling the statement
+    and processing each parameter."""
+    columns = [column.name for column in table.c]
+    marker = "%s" if dialect == "postgresql" else "?"
+    added = ", ".join(
+        f"{name} = {table.name}.{name} + excluded.{name}" for name in columns if name not in keys
+    )
+    statement = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join([marker] * len(columns))}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}"
+    )
+    return statement, columns
 
 
 def apply(connection: Connection, aggregate: Aggregate) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,25 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_COLUMNS = tuple(column.name for column in requests.c)
+# The stdlib sqlite3 takes the row tuples as they are (bool, int, float, str, None): one
+# prepared executemany, without SQLAlchemy compiling the statement and processing each
+# parameter (~15 µs a record).
+_SQLITE_INSERT = (
+    f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+)
+_pick = operator.itemgetter(*_COLUMNS)
+
+
+def _values(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]] | None:
+    """Each row's values in column order; None when a row lacks a column (then SQLAlchemy's
+    insert gives it its default)."""
+    try:
+        return [_pick(row) for row in rows]
+    except KeyError:
+        return None
+
+
 class SqlStore:
     """A ``Backend`` (see ``app.analytics.rows``) over one SQLAlchemy engine."""
 
@@ -154,7 +174,11 @@ class SqlStore:
             if self.dialect == "sqlite":
                 before = connection.execute(text("SELECT coalesce(max(rowid), 0) FROM requests"))
                 last = before.scalar_one()
-                connection.execute(insert(requests), fresh)
+                values = _values(fresh)
+                if values is None:
+                    connection.execute(insert(requests), fresh)
+                else:
+                    connection.exec_driver_sql(_SQLITE_INSERT, values)
                 # requests_fts indexes requests' own text (external content) by rowid.
                 connection.execute(
                     text(

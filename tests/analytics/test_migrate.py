@@ -9,9 +9,9 @@ from alembic.util.exc import CommandError
 from sqlalchemy import create_engine, inspect, text
 
 from app.analytics import migrate
-from app.analytics.sql import SqlStore, create_store_engine, database_url
+from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
 from tests.conftest import PostgresDatabases
-from tests.support import SQL_STORES
+from tests.support import SQL_STORES, sample_row
 
 
 def test_migrations_leave_no_drift_and_go_both_ways(loaded_store: SqlStore) -> None:
@@ -69,3 +69,25 @@ def test_percent_signs_in_the_url_reach_alembic_unchanged(url: str) -> None:
         hide_password=False
     )
     engine.dispose()
+
+
+def test_sqlites_full_text_index_merges_sixteen_segments_a_level(tmp_path: Path) -> None:
+    """0007: FTS5 automerge 16 and crisismerge 64 (kept in requests_fts_config, so for every
+    connection); downgraded, FTS5's own 4 and 16 again; the index still answers."""
+    engine = create_store_engine(database_url(None, tmp_path))
+
+    def merges() -> dict[str, int]:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT k, v FROM requests_fts_config")).all()
+        return {k: v for k, v in rows if k in ("automerge", "crisismerge")}
+
+    migrate.upgrade(engine)
+    assert merges() == {"automerge": 16, "crisismerge": 64}
+    store = SqlStore(engine)
+    store.write([sample_row(id=f"01K{i:023d}", prompt=f"alpha word{i}") for i in range(40)])
+    assert len(store.search(SearchQuery(prompt_search="alpha", limit=100))[0]) == 40
+    migrate.downgrade(engine, "0006")
+    assert merges() == {"automerge": 4, "crisismerge": 16}
+    migrate.upgrade(engine)
+    assert len(store.search(SearchQuery(prompt_search="word7", limit=100))[0]) == 1
+    store.close()
