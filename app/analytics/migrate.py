@@ -6,17 +6,24 @@ transaction-scoped advisory lock ``MIGRATION_LOCK``, so one proxy migrates while
 wait for it, then find the database at head and do nothing. (Alembic runs PostgreSQL's DDL
 in the one transaction, so a failed migration leaves nothing half done.) On SQLite the
 file's write lock serialises them.
+
+Alembic is imported only when a migration is needed (or asked for): a store already at
+``HEAD`` is found so with one query, and a proxy restarting on it never loads Alembic's
+~10 MB of modules.
 """
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, exc, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+HEAD = "0007"
+"""The newest revision in migrations/versions (a test holds it to Alembic's own head)."""
 
 # pg_advisory_xact_lock keys: any 64-bit numbers, the same in every proxy of a fleet.
 MIGRATION_LOCK = 0x6F6C6C616D61_01  # "ollama", 1
@@ -30,7 +37,20 @@ def fleet_lock(connection: Connection, key: int) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
+def at_head(engine: Engine) -> bool:
+    """Whether the database is at ``HEAD`` (False when it was never migrated), without
+    Alembic."""
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    except exc.DBAPIError:  # no such table: never migrated (or not reachable: upgrade says)
+        return False
+    return [tuple(row) for row in found] == [(HEAD,)]
+
+
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     # Alembic keeps its options in a configparser, where "%" starts an interpolation: a
     # Windows path in a SQLite URL (C%3A%5C...) or a password with "@" (%40) would break it.
@@ -43,6 +63,8 @@ def alembic_config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head", *, node: str | None = None) -> None:
     """Migrate to ``revision``; ``node`` names this machine for rows that predate nodes."""
+    from alembic import command
+
     with engine.begin() as connection:
         fleet_lock(connection, MIGRATION_LOCK)
         config = alembic_config(engine)
@@ -52,6 +74,8 @@ def upgrade(engine: Engine, revision: str = "head", *, node: str | None = None) 
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
     with engine.begin() as connection:
         fleet_lock(connection, MIGRATION_LOCK)
         config = alembic_config(engine)
@@ -61,16 +85,22 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def current(engine: Engine) -> str | None:
     """The database's revision (None when it was never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def head(engine: Engine) -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
 
 
 def check(engine: Engine) -> None:
     """Raise when the models and the migrated database differ (``alembic check``)."""
+    from alembic import command
+
     with engine.connect() as connection:
         config = alembic_config(engine)
         config.attributes["connection"] = connection

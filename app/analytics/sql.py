@@ -26,7 +26,7 @@ from sqlalchemy import Engine, create_engine, delete, event, exc, insert, select
 from sqlalchemy.engine import make_url
 
 from app.analytics import rollups, search, stats
-from app.analytics.migrate import RETENTION_LOCK, fleet_lock, upgrade
+from app.analytics.migrate import RETENTION_LOCK, at_head, fleet_lock, upgrade
 from app.analytics.rows import RejectedRows
 from app.analytics.search import SearchQuery
 from app.analytics.tables import maintenance, requests
@@ -138,7 +138,8 @@ class SqlStore:
 
     def migrate(self) -> None:
         if not self.migrated:
-            upgrade(self.engine, node=self.node)
+            if not at_head(self.engine):
+                upgrade(self.engine, node=self.node)
             self.migrated = True
 
     async def start(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from sqlalchemy import create_engine, inspect, text
 from app.analytics import migrate
 from app.analytics.sql import SearchQuery, SqlStore, create_store_engine, database_url
 from tests.conftest import PostgresDatabases
-from tests.support import SQL_STORES, sample_row
+from tests.support import ROOT, SQL_STORES, sample_row
 
 
 def test_migrations_leave_no_drift_and_go_both_ways(loaded_store: SqlStore) -> None:
@@ -91,3 +93,34 @@ def test_sqlites_full_text_index_merges_sixteen_segments_a_level(tmp_path: Path)
     migrate.upgrade(engine)
     assert len(store.search(SearchQuery(prompt_search="word7", limit=100))[0]) == 1
     store.close()
+
+
+def test_head_is_alembics_own_head(tmp_path: Path) -> None:
+    engine = create_store_engine(database_url(None, tmp_path))
+    assert migrate.head(engine) == migrate.HEAD
+
+
+@pytest.mark.process
+def test_a_store_at_head_starts_without_alembic(tmp_path: Path) -> None:
+    """A restart on a migrated store asks one query and leaves Alembic's modules unloaded
+    (RSS at start); a store behind is upgraded as before."""
+    url = database_url(None, tmp_path)
+    engine = create_store_engine(url)
+    assert not migrate.at_head(engine)  # never migrated
+    migrate.upgrade(engine, "0006")
+    assert not migrate.at_head(engine)  # behind
+    migrate.upgrade(engine)
+    assert migrate.at_head(engine)
+    probe = (
+        "import sys\n"
+        "from app.analytics.sql import SqlStore, create_store_engine\n"
+        f"store = SqlStore(create_store_engine({url!r}))\n"
+        "store.migrate()\n"
+        "store.write([])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
