@@ -180,10 +180,13 @@ def nginx_proxy(upstream: str) -> contextlib.AbstractContextManager[Server]:
     return nginx_server("nginx", lambda port, work: nginx.proxy_config(port, work, upstream))
 
 
-def our_proxy(upstream: str) -> contextlib.AbstractContextManager[Server]:
-    """``ollama-metrics proxy`` with metrics and analytics (SQLite in a temp dir) on."""
+def our_proxy(
+    upstream: str, *, analytics_dir: Path | None = None
+) -> contextlib.AbstractContextManager[Server]:
+    """``ollama-metrics proxy`` with metrics and analytics (SQLite) on; the store goes into
+    ``analytics_dir`` (kept: the caller's), else into a temporary folder (removed)."""
     port = free_port()
-    analytics = tempfile.mkdtemp(prefix="bench-analytics-")
+    analytics = str(analytics_dir) if analytics_dir else tempfile.mkdtemp(prefix="bench-analytics-")
     exe = Path(sys.executable).with_name("ollama-metrics")
     command = [str(exe), "proxy", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--upstream", upstream, "--log-level", "warning"]
@@ -196,6 +199,7 @@ def our_proxy(upstream: str) -> contextlib.AbstractContextManager[Server]:
             with started("proxy", command, port, env=env) as server:
                 yield server
         finally:
-            shutil.rmtree(analytics, ignore_errors=True)
+            if analytics_dir is None:
+                shutil.rmtree(analytics, ignore_errors=True)
 
     return running()
