@@ -26,6 +26,7 @@ from bench import (
     machine,
     memory,
     nginx,
+    openwebui,
     parsers,
     procs,
     report,
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     scenarios: dict[str, Any] = {}
-    data: dict[str, Any] = {"analytics": None, "micro": None}
+    data: dict[str, Any] = {"analytics": None, "micro": None, "openwebui": None}
     if "small" in args.scenarios:
         print("small requests (wrk):", flush=True)
         scenarios |= small.run(plan, log)
@@ -134,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     if "micro" in args.scenarios:
         print("categoriser, parsers and diagnostics:", flush=True)
         data["micro"] = micro(plan)
+    if "openwebui" in args.scenarios:
+        print("Open WebUI polls (bench/openwebui.py):", flush=True)
+        shape = openwebui.SMOKE if plan.smoke else openwebui.Shape(seconds=plan.openwebui_seconds)
+        data["openwebui"] = openwebui.run(shape)
+        print(f"  {openwebui.summary(data['openwebui'])}", flush=True)
     checks = judged.upstream_check(scenarios)
     command = "python -m bench" + {"full": "", "quick": " --quick", "smoke": " --smoke"}[plan.mode]
     data = {

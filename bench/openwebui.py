@@ -194,6 +194,16 @@ def run(shape: Shape) -> dict[str, Any]:
     }
 
 
+def summary(result: dict[str, Any]) -> str:
+    cost = result["polls_cost"]
+    return (
+        f"polls are {cost['poll_share_of_records']:.0%} of the records: "
+        f"{cost['poll_records_per_hour']:,.0f} records and "
+        f"{cost['store_bytes_per_hour'] / 1e6:,.1f} MB of store an hour "
+        f"({cost['store_bytes_per_poll_record']:,.0f} bytes each)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds, for the test")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCENARIOS = ("small", "stream", "memory", "analytics", "micro")
+SCENARIOS = ("small", "stream", "memory", "analytics", "micro", "openwebui")
 WAYS = ("direct", "proxy", "nginx")
 # Lines the generator writes per send(), each still its own HTTP chunk. One send per line
 # costs the generator as much CPU per line as the proxy spends when it merges the lines it
@@ -41,6 +41,8 @@ class Plan:
     paced_interval_ms: int = 10
     # Records per timed round of bench.diagnostics.
     diagnostic_calls: int = 20_000
+    # Seconds of each of bench.openwebui's two runs (chats alone, chats and polls).
+    openwebui_seconds: float = 20.0
 
     @property
     def smoke(self) -> bool:

@@ -17,6 +17,7 @@ SECTIONS = (
     "## 3. Memory",
     "## 4. Analytics",
     "## 5. Categoriser, parsers and diagnostics",
+    "## 6. Open WebUI polls",
     "## How each number is measured",
 )
 METHOD = """\
@@ -52,6 +53,9 @@ METHOD = """\
   else the highest 50 ms sample. The series samples VmRSS every N requests; the slope is a
   least-squares fit after the first sample, in MB per 100,000 requests.
 - **Analytics**: `bench/analytics.py` (its own method and targets).
+- **Open WebUI polls**: `bench/openwebui.py`: records per endpoint read from the store;
+  store growth = used pages after a WAL checkpoint, after − before; CPU per thread from
+  `/proc/PID/task/*/stat` (the event loop is the main thread).
 - **Micro-benchmarks**: `bench.categories.run` (µs per prompt, fastest of the rounds per
   prompt), `bench.parsers.run` (µs per stream chunk, fastest pass over a 1,000-token
   stream) and `bench.diagnostics.run` (µs per record through the Prometheus instruments with
@@ -321,5 +325,48 @@ def render(data: dict[str, Any]) -> str:
         )
     if not micro:
         out += ["Not run.", ""]
+    out += ["## 6. Open WebUI polls", ""]
+    polls = data.get("openwebui")
+    if polls is None:
+        out += ["Not run.", ""]
+    else:
+        shape = polls["shape"]
+        out += [
+            f"{shape['streams']} users streaming `/api/chat` ({shape['tokens']} tokens, "
+            f"{shape['interval_ms']} ms a token) for {shape['seconds']:g} s, alone and with "
+            f"{shape['tabs']} tabs asking `/api/tags` every {shape['tags_every']:g} s and "
+            f"`/api/ps` every {shape['ps_every']:g} s (`bench/openwebui.py`):",
+            "",
+        ]
+        out += _table(
+            [
+                "run",
+                "chats",
+                "polls",
+                "records",
+                "store growth KiB",
+                "event loop CPU s",
+                "other threads CPU s",
+            ],
+            [
+                [
+                    name,
+                    _num(run["chats"]),
+                    _num(run["polls"]),
+                    _num(sum(run["records"].values())),
+                    _num(run["store_growth_bytes"] / 1024),
+                    _num(run["event_loop_cpu_s"]),
+                    _num(run["other_threads_cpu_s"]),
+                ]
+                for name, run in (
+                    ("chats", polls["chats"]),
+                    ("chats + polls", polls["chats+polls"]),
+                )
+            ],
+        )
+        out += _table(
+            ["what the polls cost", "value"],
+            [[key, _num(value)] for key, value in polls["polls_cost"].items()],
+        )
     out += ["## How each number is measured", "", METHOD]
     return "\n".join(out)

@@ -106,6 +106,16 @@ def test_targets_are_judged(run: tuple[dict[str, object], str, Path]) -> None:
     assert {"usage-stripped", "memory-stream", "memory-upload", "memory-series"} <= measured
 
 
+def test_the_open_webui_polls_are_measured(run: tuple[dict[str, object], str, Path]) -> None:
+    data, markdown, _ = run
+    polls = data["openwebui"]
+    assert isinstance(polls, dict)
+    busy = polls["chats+polls"]
+    assert busy["polls"] > 0
+    assert busy["records"]["/api/tags"] + busy["records"]["/api/ps"] == busy["polls"]
+    assert "poll_share_of_records" in markdown
+
+
 def test_markdown_has_every_section(run: tuple[dict[str, object], str, Path]) -> None:
     _, markdown, out = run
     for heading in SECTIONS:
