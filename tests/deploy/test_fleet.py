@@ -36,6 +36,7 @@ from tests.deploy.test_deploy import (
     VARIABLE,
     assert_variables_documented,
     compose_validator,
+    container_to_host,
     docker_compose,
     duration,
     env_file,
@@ -436,14 +437,6 @@ def test_nodes_file_is_a_file_sd_targets_file_with_a_node_label_each() -> None:
     # The examples name the nodes' published port.
     port = env_file(NODE_ENV)["PROXY_PORT"]
     assert all(target.endswith(f":{port}") for target in targets)
-
-
-def container_to_host(service: dict[str, Any], container_path: str) -> Path | None:
-    path = PurePosixPath(container_path)
-    for source, target in volumes_of(service):
-        if is_bind(source) and path.is_relative_to(target):
-            return (DEPLOY / source / path.relative_to(target)).resolve()
-    return None
 
 
 def test_central_prometheus_loads_the_same_rules_and_the_targets_file() -> None:
