@@ -375,6 +375,25 @@ def prometheus_with(config: str, work: Path, *flags: str) -> Iterator[str]:
         process.wait(timeout=30)
 
 
+def prometheus_scraping_nodes(
+    targets: dict[str, str], work: Path
+) -> contextlib.AbstractContextManager[str]:
+    """The Debian Prometheus scraping every ``targets`` value (host:port) twice a second,
+    each with its key as the `node` label (as a fleet's targets file gives it); yields its
+    URL."""
+    statics = "".join(
+        f"      - targets: ['{target}']\n        labels: {{node: '{node}'}}\n"
+        for node, target in targets.items()
+    )
+    return prometheus_with(
+        "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\n"
+        "scrape_configs:\n"
+        "  - job_name: ollama-metrics\n"
+        f"    static_configs:\n{statics}",
+        work,
+    )
+
+
 def running_prometheus(
     target_port: int, work: Path, *flags: str
 ) -> contextlib.AbstractContextManager[str]:

@@ -27,7 +27,7 @@ from app.analytics.tables import requests
 from tests.conftest import PostgresDatabases
 from tests.deploy.test_dashboards import substitute
 from tests.emulator import EmulatorServer
-from tests.support import ROOT, ProxyProcess, prometheus_with
+from tests.support import ROOT, ProxyProcess, prometheus_scraping_nodes
 
 pytestmark = [pytest.mark.process, pytest.mark.postgres]
 
@@ -164,16 +164,8 @@ def test_a_node_that_dies_leaves_the_rest_unaffected_and_shows_missing(
 ) -> None:
     url, proxies = fleet
     *alive, dead = NODES
-    statics = "".join(
-        f"      - targets: ['127.0.0.1:{proxy.port}']\n        labels: {{node: '{node}'}}\n"
-        for node, proxy in proxies.items()
-    )
-    config = (
-        "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\n"
-        "scrape_configs:\n  - job_name: ollama-metrics\n"
-        f"    static_configs:\n{statics}"
-    )
-    with prometheus_with(config, tmp_path) as prometheus:
+    targets = {node: f"127.0.0.1:{proxy.port}" for node, proxy in proxies.items()}
+    with prometheus_scraping_nodes(targets, tmp_path) as prometheus:
         deadline = time.monotonic() + 30
         while scraped(prometheus) != dict.fromkeys(NODES, 1.0):
             assert time.monotonic() < deadline, scraped(prometheus)

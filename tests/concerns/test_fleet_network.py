@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests import netns
 from tests.conftest import PostgresDatabases
-from tests.support import ROOT, prometheus_with
+from tests.support import ROOT, prometheus_scraping_nodes
 
 pytestmark = [pytest.mark.process, pytest.mark.postgres]
 
@@ -79,22 +79,6 @@ def answers(url: str, path: str) -> bool:
     with contextlib.suppress(httpx.HTTPError):
         return http(url, path).status_code == 200
     return False
-
-
-def prometheus(targets: dict[str, str], work: Path) -> contextlib.AbstractContextManager[str]:
-    """The Debian Prometheus scraping every ``targets`` value (host:port) twice a second,
-    each with its key as the `node` label; yields its URL."""
-    statics = "".join(
-        f"      - targets: ['{target}']\n        labels: {{node: '{node}'}}\n"
-        for node, target in targets.items()
-    )
-    return prometheus_with(
-        "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\n"
-        "scrape_configs:\n"
-        "  - job_name: ollama-metrics\n"
-        f"    static_configs:\n{statics}",
-        work,
-    )
 
 
 @pytest.fixture
@@ -150,7 +134,7 @@ def fleet(postgres: PostgresDatabases, tmp_path: Path) -> Iterator[Fleet]:
             until(functools.partial(answers, machine.url, "/metrics"), 30, machine.name)
         until(lambda: stored(url) is not None, 30, "the requests table")
         targets = {m.name: f"{m.net.address}:{PROXY_PORT}" for m in machines}
-        prom = stack.enter_context(prometheus(targets, tmp_path))
+        prom = stack.enter_context(prometheus_scraping_nodes(targets, tmp_path))
         yield Fleet(machines, url, prom)
 
 
