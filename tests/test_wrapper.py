@@ -100,11 +100,14 @@ def test_serve_runs_ollama_behind_the_proxy_and_measures_traffic(
 def test_a_crashed_ollama_is_restarted_and_counted(
     serve: tuple[subprocess.Popen[str], dict[str, str]], tmp_path: Path
 ) -> None:
-    _, env = serve
+    process, env = serve
     proxy = f"http://127.0.0.1:{env['PROXY_PORT']}"
     deadline = time.monotonic() + 30
     while len(ollama_pids(tmp_path)) < 2:
-        assert time.monotonic() < deadline, "Ollama was not restarted"
+        if time.monotonic() > deadline:
+            pytest.fail(
+                "Ollama was not restarted within 30 s\n" + _what_happened(process, tmp_path)
+            )
         time.sleep(0.1)
     metrics = httpx.get(proxy + "/metrics").text
     restarts = [
@@ -112,6 +115,15 @@ def test_a_crashed_ollama_is_restarted_and_counted(
     ]
     assert restarts
     assert float(restarts[0].split()[-1]) >= 1
+
+
+def _what_happened(process: subprocess.Popen[str], tmp_path: Path) -> str:
+    """The wrapper's output (it is stopped for it) and Ollama's log: for a failure's message."""
+    process.kill()
+    output = process.stdout.read() if process.stdout else ""
+    log = tmp_path / "ollama.log"
+    ollama = log.read_text(errors="replace") if log.exists() else "(no ollama.log)"
+    return f"-- ollama-metrics serve:\n{output[-4000:]}\n-- ollama.log:\n{ollama[-4000:]}"
 
 
 def test_sigint_stops_both_with_no_orphan(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -56,8 +58,18 @@ def upstream_address(url: str) -> str:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    _prctl()(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's ``prctl``, looked up in the parent (``_spawn`` calls this before forking).
+
+    Looking it up in the child, between fork and exec, would ``dlopen`` libc there: if
+    another thread of the proxy (the analytics writer, an executor thread) held the loader's
+    or the allocator's lock at the fork, the child hangs before it runs Ollama, and the
+    parent's ``Popen`` with it, waiting for the exec."""
+    return ctypes.CDLL("libc.so.6", use_errno=True).prctl
 
 
 class OllamaSupervisor:
@@ -91,6 +103,7 @@ class OllamaSupervisor:
         with open(self.log_path, "ab") as output:
             kwargs: dict[str, object] = {}
             if sys.platform.startswith("linux"):
+                _prctl()  # resolved here, not in the child (see there)
                 kwargs["preexec_fn"] = _die_with_parent
             if sys.platform == "win32":
                 kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
