@@ -137,6 +137,21 @@ def test_sigint_stops_both_with_no_orphan(
     assert not any(alive(pid) for pid in pids)
 
 
+def test_ollama_dies_with_a_killed_wrapper(
+    serve: tuple[subprocess.Popen[str], dict[str, str]], tmp_path: Path
+) -> None:
+    """SIGKILL leaves the wrapper no time to stop Ollama: the kernel's parent-death signal
+    (set before Ollama's exec) does."""
+    process, _ = serve
+    [pid] = ollama_pids(tmp_path)
+    process.kill()
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while alive(pid):
+        assert time.monotonic() < deadline, "Ollama outlived a killed wrapper"
+        time.sleep(0.05)
+
+
 def test_port_taken_by_ollama_is_explained(tmp_path: Path, emulator: EmulatorServer) -> None:
     env = wrapper_env(tmp_path, PROXY_PORT=str(emulator.port))
     done = wrapper(env, "serve")

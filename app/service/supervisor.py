@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -57,19 +56,15 @@ def upstream_address(url: str) -> str:
     return f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    _prctl()(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _die_with_parent() -> Callable[[], object]:
+    """The child's ``preexec_fn``: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, Ollama ends with us.
 
-
-@functools.cache
-def _prctl() -> Any:
-    """libc's ``prctl``, looked up in the parent (``_spawn`` calls this before forking).
-
-    Looking it up in the child, between fork and exec, would ``dlopen`` libc there: if
-    another thread of the proxy (the analytics writer, an executor thread) held the loader's
-    or the allocator's lock at the fork, the child hangs before it runs Ollama, and the
-    parent's ``Popen`` with it, waiting for the exec."""
-    return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    libc's ``prctl`` is looked up here, in the parent. Looking it up in the child, between
+    fork and exec, would ``dlopen`` libc there: if another thread of the proxy (the analytics
+    writer, an executor thread) held the loader's or the allocator's lock at the fork, the
+    child would hang before it runs Ollama, and the parent's ``Popen`` with it."""
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    return functools.partial(prctl, 1, signal.SIGTERM)
 
 
 class OllamaSupervisor:
@@ -103,8 +98,7 @@ class OllamaSupervisor:
         with open(self.log_path, "ab") as output:
             kwargs: dict[str, object] = {}
             if sys.platform.startswith("linux"):
-                _prctl()  # resolved here, not in the child (see there)
-                kwargs["preexec_fn"] = _die_with_parent
+                kwargs["preexec_fn"] = _die_with_parent()
             if sys.platform == "win32":
                 kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
             else:
