@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -98,12 +97,13 @@ class _NullTaps:
 
 def _no_tap() -> None:
     from app import main
+    from app.proxy.relay import Forwarder
 
-    class Forwarder(main.Forwarder):
+    class NullTapForwarder(Forwarder):
         def __init__(self, upstream: Any, taps: Any) -> None:
             super().__init__(upstream, _NullTaps())
 
-    _replace(main, "Forwarder", Forwarder)
+    _replace(main, "Forwarder", NullTapForwarder)
 
 
 # What each variant removes beyond the one before it.
@@ -159,40 +159,20 @@ def _bare(port: int) -> None:
     )
 
 
-def _thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) of each thread of ``pid``."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        out[tid] = (int(fields[11]) + int(fields[12])) / procs.TICKS
-    return out
-
-
 def measure(
     variant: str, upstream: str, *, path: str, connections: int, seconds: float
 ) -> dict[str, float]:
     """One run of ``variant``: requests/s and CPU µs per request (event loop, other threads)."""
     port = procs.free_port()
     command = [sys.executable, "-m", "bench.ablation", "serve", variant, str(port), upstream]
-    process = subprocess.Popen(command, cwd=procs.ROOT)
-    try:
-        procs.wait_listening(port, process)
-        url = f"http://127.0.0.1:{port}{path}"
+    with procs.started(variant, command, port) as server:
+        url = f"{server.url}{path}"
         post = path == "/api/generate"
         wrk.run(url, connections=connections, seconds=1, post=post)  # warm-up
-        before = _thread_cpu(process.pid)
+        loop_before, other_before = procs.thread_cpu(server.process.pid)
         result = wrk.run(url, connections=connections, seconds=seconds, post=post)
-        after = _thread_cpu(process.pid)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-    main = str(process.pid)
-    loop = after[main] - before.get(main, 0.0)
-    other = sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items() if tid != main)
+        loop_after, other_after = procs.thread_cpu(server.process.pid)
+    loop, other = loop_after - loop_before, other_after - other_before
     requests = max(result.requests, 1)
     return {
         "rps": result.rps,

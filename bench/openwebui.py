@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import sqlite3
 import tempfile
@@ -47,24 +46,6 @@ class Shape:
 
 
 SMOKE = Shape(seconds=2.0, streams=2, tokens=20, interval_ms=5, tabs=2)
-
-
-def thread_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds of the process's main thread, and of all its other threads."""
-    tick = os.sysconf("SC_CLK_TCK")
-    main = other = 0.0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / tick
-        if int(tid) == pid:
-            main += seconds
-        else:
-            other += seconds
-    return main, other
 
 
 def store_size(directory: Path) -> int:
@@ -140,7 +121,7 @@ def one_run(upstream: str, shape: Shape, polls: bool) -> dict[str, Any]:
     with procs.our_proxy(upstream, analytics_dir=directory) as proxy:
         pid = proxy.process.pid
         size_before = store_size(directory)
-        main_before, other_before = thread_cpu(pid)
+        main_before, other_before = procs.thread_cpu(pid)
         started = time.perf_counter()
         sent = client.run(load(proxy.port, shape, polls))
         # The writer flushes every 0.2 s: wait until every request is a record.
@@ -149,7 +130,7 @@ def one_run(upstream: str, shape: Shape, polls: bool) -> dict[str, Any]:
         while sum(stored(directory).values()) < expected and time.perf_counter() < deadline:
             time.sleep(0.1)
         seconds = time.perf_counter() - started
-        main_after, other_after = thread_cpu(pid)
+        main_after, other_after = procs.thread_cpu(pid)
     records = stored(directory)
     grown = store_size(directory) - size_before
     shutil.rmtree(directory, ignore_errors=True)

@@ -66,17 +66,32 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def _stat_cpu(path: str) -> float:
+    """utime + stime from a /proc ``stat`` file, in seconds (0 when it is gone)."""
+    try:
+        with open(path, "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of these processes, in seconds."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+    return sum(_stat_cpu(f"/proc/{pid}/stat") for pid in pids)
+
+
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of the process's main thread (an asyncio server's event loop), and of
+    all its other threads (a thread that ended meanwhile is not counted)."""
+    main = other = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        seconds = _stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+        if int(tid) == pid:
+            main += seconds
+        else:
+            other += seconds
+    return main, other
 
 
 def memory_mb(pids: list[int]) -> tuple[float, float]:
