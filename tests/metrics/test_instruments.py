@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from app import __version__
-from app.metrics.instruments import Instruments
+from app.metrics.instruments import FastCounter, FastHistogram, Instruments
 from app.record import ExchangeRecord, new_record_id
 from tests.support import sample_record
 
@@ -288,3 +291,56 @@ def test_the_info_series_names_the_node_and_the_version() -> None:
     assert registry.get_sample_value("ollama_proxy_info", labels) == 1
     series = [s for f in registry.collect() if f.name == "ollama_proxy_info" for s in f.samples]
     assert len(series) == 1
+
+
+_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_AMOUNTS = st.one_of(
+    st.sampled_from((*_BOUNDS, 0.0, -1.0, float("inf"), float("-inf"), float("nan"))),
+    st.floats(min_value=-1, max_value=20, allow_nan=False),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    observations=st.lists(st.tuples(st.sampled_from("ab"), _AMOUNTS, st.booleans()), max_size=30)
+)
+def test_the_fast_histogram_exports_what_prometheus_clients_does(
+    observations: list[tuple[str, float, bool]],
+) -> None:
+    # Bucket edges, infinities, NaN (in the sum, in no bucket), negative amounts, exemplars.
+    exported = []
+    for kind in (Histogram, FastHistogram):
+        registry = CollectorRegistry()
+        histogram = kind("h_seconds", "h", ("model",), buckets=_BOUNDS, registry=registry)
+        for model, amount, with_exemplar in observations:
+            exemplar = {"request_id": "01JABCDEFGHJKMNPQRSTVWXYZ0"} if with_exemplar else None
+            histogram.labels(model).observe(amount, exemplar)
+        exported.append(_comparable(generate_openmetrics(registry)))
+    assert exported[0] == exported[1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(amounts=st.lists(st.floats(min_value=-5, max_value=1e9, allow_nan=False), max_size=20))
+def test_the_fast_counter_counts_and_refuses_as_prometheus_clients_does(
+    amounts: list[float],
+) -> None:
+    outcomes = []
+    for kind in (Counter, FastCounter):
+        registry = CollectorRegistry()
+        child = kind("c", "c", ("model",), registry=registry).labels("a")
+        refused = []
+        for amount in amounts:
+            try:
+                child.inc(amount)
+            except ValueError as error:
+                refused.append(str(error))
+        child.inc()  # the default amount
+        outcomes.append((_comparable(generate_latest(registry)), refused))
+    assert outcomes[0] == outcomes[1]
+
+
+def _comparable(text: bytes) -> bytes:
+    """The exposition without what two runs cannot share: the time each exemplar was taken
+    and the ``_created`` series (there unless an ``Instruments`` turned them off)."""
+    lines = (line for line in text.splitlines(keepends=True) if b"_created" not in line)
+    return re.sub(rb"(# \{[^}]*\} \S+) \S+\n", rb"\1\n", b"".join(lines))
