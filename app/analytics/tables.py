@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import TypeEngine
 
@@ -53,6 +54,23 @@ def column(field: Stored) -> Column[Any]:
     return Column(field.name, type_, primary_key=field.key, nullable=field.nullable)
 
 
+def filter_index(field: Stored) -> Index:
+    """The ``(name, id)`` index of a filtered field. A nullable one is partial (``WHERE name
+    IS NOT NULL``): most requests have no value there (no API key, no truncation, no cold
+    start, no placement known), a search filters on a value, and a row with NULL then adds no
+    entry to write (migration 0008)."""
+    if not field.nullable:
+        return Index(f"ix_requests_{field.name}_id", field.name, "id")
+    present = text(f"{field.name} IS NOT NULL")
+    return Index(
+        f"ix_requests_{field.name}_id",
+        field.name,
+        "id",
+        sqlite_where=present,
+        postgresql_where=present,
+    )
+
+
 def requests_table(metadata: MetaData, fields: Sequence[Stored] = STORED) -> Table:
     """``requests``: one column per stored field, an index per filtered one."""
     return Table(
@@ -60,7 +78,7 @@ def requests_table(metadata: MetaData, fields: Sequence[Stored] = STORED) -> Tab
         metadata,
         *(column(field) for field in fields),
         Index("ix_requests_timestamp", "timestamp"),  # retention and rollups select by time
-        *(Index(f"ix_requests_{f.name}_id", f.name, "id") for f in fields if f.filtered),
+        *(filter_index(field) for field in fields if field.filtered),
     )
 
 

@@ -95,6 +95,61 @@ def test_sqlites_full_text_index_merges_sixteen_segments_a_level(tmp_path: Path)
     store.close()
 
 
+@pytest.mark.parametrize("kind", SQL_STORES)
+def test_the_sparse_filters_have_partial_indexes_that_searches_use(
+    kind: str, tmp_path: Path, postgres: PostgresDatabases
+) -> None:
+    """0008: the indexes of api_key, truncation, cold_cause and placement hold only rows with
+    a value; a search on a value still goes through its index and finds exactly its rows;
+    downgraded, the full indexes are back."""
+    sparse = ("api_key", "truncation", "cold_cause", "placement")
+    engine = create_store_engine(
+        database_url(postgres.create() if kind == "postgresql" else None, tmp_path)
+    )
+
+    def definitions() -> dict[str, str]:
+        query = (
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'requests'"
+            if kind == "postgresql"
+            else "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'requests' AND sql <> ''"
+        )
+        with engine.connect() as connection:
+            found = {name: sql for name, sql in connection.execute(text(query))}
+        return {name: found[f"ix_requests_{name}_id"] for name in sparse}
+
+    migrate.upgrade(engine)
+    assert all(
+        definition.replace("(", "").replace(")", "").endswith(f"WHERE {name} IS NOT NULL")
+        for name, definition in definitions().items()
+    ), definitions()
+    store = SqlStore(engine)
+    rows = [sample_row(id=f"01K{i:023d}", truncation=None) for i in range(30)]
+    for row in rows[::10]:
+        row["truncation"] = "prompt"
+    store.write(rows)
+    found = store.search(SearchQuery(truncation="prompt", limit=100))[0]
+    assert [row["id"] for row in found] == [row["id"] for row in rows[::10]][::-1]
+    with engine.connect() as connection:
+        if kind == "postgresql":
+            connection.execute(text("SET enable_seqscan = off"))
+        plan = " ".join(
+            str(line[-1])
+            for line in connection.execute(
+                text(
+                    ("EXPLAIN " if kind == "postgresql" else "EXPLAIN QUERY PLAN ")
+                    + "SELECT id FROM requests WHERE truncation = :value ORDER BY id DESC"
+                ),
+                {"value": "prompt"},
+            )
+        )
+    assert "ix_requests_truncation_id" in plan, plan
+    migrate.downgrade(engine, "0007")
+    assert not any("WHERE" in definition for definition in definitions().values())
+    migrate.upgrade(engine)
+    migrate.check(engine)
+    store.close()
+
+
 def test_head_is_alembics_own_head(tmp_path: Path) -> None:
     engine = create_store_engine(database_url(None, tmp_path))
     assert migrate.head(engine) == migrate.HEAD
