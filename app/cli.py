@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from app.config import CONFIG_ENV, ConfigFileError, Settings
-from app.doctor import FAIL, render, run_checks
 from app.logs import configure_logging
 from app.server import run_proxy
 from app.service.binary import INSTALL_HINT, find_ollama
@@ -214,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "db":
         return run_db(settings, args.db_command, getattr(args, "revision", None))
     if args.command == "doctor":
+        from app.doctor import FAIL, render, run_checks  # httpx: not for the proxy
+
         checks = run_checks(settings, public_url=args.url)
         print(render(checks))
         return 1 if any(check.state == FAIL for check in checks) else 0

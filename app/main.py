@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import logging
 
-import httpx
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import SecretStr
 
 from app.analytics.jsonl import JsonlBackend
-from app.analytics.loki import LokiBackend
 from app.analytics.rows import Backend
 from app.analytics.sql import SqlStore, create_store_engine, settings_url
 from app.analytics.writer import AnalyticsMetrics, AnalyticsWriter
@@ -94,17 +92,15 @@ class ProxyApp:
             connect_timeout=settings.upstream_connect_timeout,
             max_connections=settings.upstream_max_connections,
         )
-        # /test and the /api/ps poller use the URL without its credentials (httpx logs every
-        # URL it requests); the credentials travel as a header, as on the forwarded requests.
-        auth = self.upstream.authorization
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0), headers={"Authorization": auth} if auth else None
-        )
         self.poller: ModelPoller | None = None
         if loaded_models is not None:
             self.poller = ModelPoller(
-                http=self.http,
-                url=self.upstream.public_url,
+                # Its own connection: a poll never waits behind the proxied requests.
+                ollama=Upstream(
+                    settings.ollama_upstream,
+                    connect_timeout=settings.upstream_connect_timeout,
+                    max_connections=1,
+                ),
                 interval=settings.ps_poll_interval,
                 collector=loaded_models,
                 on_result=self.instruments.upstream_answered,
@@ -112,10 +108,10 @@ class ProxyApp:
             )
             self.residency.wake = self.poller.poke
         self.api = create_api(
-            upstream_url=self.upstream.public_url,
             registry=self.registry,
             instruments=self.instruments,
-            http=self.http,
+            upstream_url=self.upstream.public_url,
+            ask_version=self.upstream.version,
             metrics_token=_secret(settings.metrics_token),
             node=settings.proxy_node,
         )
@@ -148,7 +144,6 @@ class ProxyApp:
         # Before the proxy binds its port: Ollama answers first.
         started: list[Component | None] = [
             self.supervisor,
-            Step("http client", stop=self.http.aclose),
             self.upstream,
             Step("analytics migration", start=self.store.start)
             if self.store is not None and self.settings.analytics_auto_migrate
@@ -199,6 +194,8 @@ def build_backends(settings: Settings) -> tuple[SqlStore | None, list[Backend]]:
     if "jsonl" in names:
         backends.append(JsonlBackend(settings.analytics_dir))
     if "loki" in names and settings.loki_url:
+        from app.analytics.loki import LokiBackend  # httpx: loaded only for Loki
+
         backends.append(LokiBackend(settings.loki_url, tenant=settings.loki_tenant))
     return store, backends
 

@@ -111,6 +111,10 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         else:  # the head ended within the limit: the rest is its body or the next request
             self.data_received(data[room:])
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """Not a warning here: with ``ws="none"`` a request asking for an upgrade has been
+        served as HTTP, which is what Ollama does with it."""
+
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
         super().on_headers_complete()
@@ -129,6 +133,10 @@ def uvicorn_config(settings: Settings, *, ollama_binary: str | None = None) -> u
         # has (uvloop is absent on Windows, where "auto" falls back to asyncio).
         loop="auto",
         http=ProxyHttpProtocol,
+        # Ollama speaks no WebSocket: an upgrade request is an HTTP request to it, answered
+        # as such (Go's net/http ignores Upgrade), and so it is here. Loading no WebSocket
+        # protocol also keeps the websockets package (~2 MB) out of the proxy.
+        ws="none",
         lifespan="on",
         # Ollama sends neither; the upstream's own Date header is passed through.
         server_header=False,

@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from app import __version__
 from app.config import Settings
+from app.reexec import self_command
 from app.service.binary import INSTALL_HINT, find_ollama
 
 
@@ -28,6 +27,8 @@ def proxy_address(settings: Settings) -> str:
 
 
 def proxy_answers(settings: Settings) -> bool:
+    import httpx  # only for this command: the proxy itself never loads it
+
     try:
         answer = httpx.get(f"http://{proxy_address(settings)}/test", timeout=2)
         return answer.status_code == 200 and "proxy_version" in answer.json()
@@ -36,6 +37,8 @@ def proxy_answers(settings: Settings) -> bool:
 
 
 def upstream_version(settings: Settings, timeout: float = 1.0) -> str | None:
+    import httpx
+
     try:
         answer = httpx.get(settings.ollama_upstream + "/api/version", timeout=timeout)
         version = answer.json().get("version") if answer.status_code == 200 else None
@@ -52,13 +55,6 @@ def version_text(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def _self_command() -> list[str]:
-    # A PyInstaller exe is its own interpreter.
-    if getattr(sys, "frozen", False):
-        return [sys.executable]
-    return [sys.executable, "-m", "app"]
-
-
 def ensure_stack(settings: Settings, *, within: float = 90.0) -> str | None:
     """Start ``ollama-metrics serve`` in the background unless the proxy answers already.
     Returns None when the proxy answers, else a message saying why it could not start."""
@@ -68,7 +64,7 @@ def ensure_stack(settings: Settings, *, within: float = 90.0) -> str | None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as output:
         process = subprocess.Popen(
-            [*_self_command(), "serve"],
+            [*self_command(), "serve"],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,

@@ -5,7 +5,8 @@ and workers, or for ``direct`` the generator upstream itself), from ``/proc/PID/
   (64 KB tokens, as fast as the path goes); RSS sampled every 50 ms.
 - ``memory.upload``: one ``POST /api/blobs/sha256:…`` of ``big_bytes`` zeros streamed from
   the client with a Content-Length; the upstream reads and discards it.
-- ``memory.series``: ``series_total`` non-streamed ``POST /api/generate`` on 8 keep-alive
+- ``memory.series``: ``rss_ready_mb`` is VmRSS once the server is ready, before any of
+  these requests; then ``series_total`` non-streamed ``POST /api/generate`` on 8 keep-alive
   connections, VmRSS sampled every ``series_every`` requests; the slope is a least-squares
   fit over the samples after the first 20 % of the requests (warm-up), in MB per 100,000
   requests.
@@ -42,13 +43,21 @@ def run(plan: Plan, log: Any) -> dict[str, dict[str, Any]]:
             "proxy": stack.enter_context(procs.our_proxy(upstream.url)),
             "nginx": stack.enter_context(procs.nginx_proxy(upstream.url)),
         }
+        ready = {way: at_rest(server) for way, server in ways.items()}
         for way, server in ways.items():
             for key, measure in (("memory.stream", big_stream), ("memory.upload", upload)):
                 results[key][way] = client.run(measure(plan, server))
                 log(key, way, results[key][way])
             results["memory.series"][way] = client.run(series(plan, server))
+            results["memory.series"][way]["rss_ready_mb"] = ready[way]
             log("memory.series", way, results["memory.series"][way])
     return results
+
+
+def at_rest(server: procs.Server) -> float:
+    """VmRSS of a server that is ready and has served nothing yet (``rss-start``)."""
+    server.refresh()
+    return server.memory()[0]
 
 
 async def sampled(server: procs.Server, work: Any, size: int) -> dict[str, Any]:

@@ -200,9 +200,9 @@ def judge(
     found.append(
         _target(
             "rss-start",
-            "memory.series: proxy RSS when it starts serving (a new store: it migrates)",
+            "memory.series: proxy RSS once it is ready, before its first request (a new store)",
             f"≤ {RSS_START_LIMIT_MB:g} MB",
-            _get(scenarios, "memory.series", "proxy", "rss_start_mb"),
+            _get(scenarios, "memory.series", "proxy", "rss_ready_mb"),
             "MB",
             lambda v: v <= RSS_START_LIMIT_MB,
             RSS_START_LIMIT_MB,

@@ -1,8 +1,8 @@
-"""PyInstaller's entry script: the frozen ``ollama-metrics`` is the ``ollama-metrics`` CLI."""
+"""PyInstaller's entry script: the frozen ``ollama-metrics`` is ``python -m app``."""
 
 import sys
 
-from app.cli import main
+from app.__main__ import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 
+from app.analytics.migrate import at_head
+from app.analytics.sql import SqlStore, create_store_engine, database_url
 from app.config import Settings
 from app.lifecycle import name_of
 from app.main import ProxyApp, create_app
@@ -15,6 +21,7 @@ from app.middleware.dot_segments import DotSegmentGuard
 from app.middleware.own_paths import Dispatch
 from app.proxy.relay import Forwarder
 from tests.asgi import call, http_scope
+from tests.support import ROOT
 
 # Nothing listens here: a request the factory forwards fails to connect (502).
 NOWHERE = "http://127.0.0.1:9"
@@ -30,7 +37,6 @@ def test_components_start_in_dependency_order(tmp_path: Path) -> None:
     )
     assert [name_of(component) for component in app.components()] == [
         "OllamaSupervisor",  # Ollama answers before anything reaches for it
-        "http client",
         "Upstream",
         "analytics migration",
         "AnalyticsWriter",
@@ -41,7 +47,6 @@ def test_components_start_in_dependency_order(tmp_path: Path) -> None:
 def test_what_is_left_out_is_not_started(tmp_path: Path) -> None:
     app = build(tmp_path, analytics_backend="jsonl", ps_poll_interval=0)
     assert [name_of(component) for component in app.components()] == [
-        "http client",
         "Upstream",
         "AnalyticsWriter",
     ]
@@ -87,3 +92,58 @@ def test_the_dot_segment_guard_stands_only_under_a_base_path(tmp_path: Path) -> 
     assert isinstance(under.asgi.forward, DotSegmentGuard)
     refused = asyncio.run(call(under.asgi, http_scope("/x", raw_path=b"/../api/tags")))
     assert refused.status == 400
+
+
+# Modules a proxy loads only when its configuration needs them (RSS at start, issue 19).
+ON_DEMAND = ("httpx", "alembic", "sqlalchemy.dialects.postgresql", "app.analytics.loki")
+
+
+def loaded_on_demand(tmp_path: Path, backend: str, *, migrated: bool = True) -> list[str]:
+    """Which of ``ON_DEMAND`` a proxy process holds once started and serving (the CLI's
+    modules imported, the app built, its lifespan run, a request proxied), on a store at
+    head or (``migrated=False``) a new one, which the lifespan migrates."""
+    if migrated:
+        store = SqlStore(create_store_engine(database_url(None, tmp_path)))
+        store.migrate()  # here: the probe's proxy finds its store at head
+        store.close()
+    probe = f"""
+import asyncio, sys
+from pathlib import Path
+import app.cli, app.server
+from app.config import Settings
+from app.main import create_app
+from tests.asgi import call, http_scope
+settings = Settings(analytics_dir=Path({str(tmp_path)!r}), ollama_upstream={NOWHERE!r},
+                    analytics_backend={backend!r}, loki_url="http://127.0.0.1:9",
+                    analytics_drain_seconds=0.5)
+proxy = create_app(settings)
+async def main():
+    await proxy.lifespan.startup()
+    await call(proxy, http_scope("/api/tags"))
+    await proxy.lifespan.shutdown()
+asyncio.run(main())
+print([m for m in {ON_DEMAND!r} if m in sys.modules])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.process
+def test_a_proxy_loads_only_what_its_configuration_uses(tmp_path: Path) -> None:
+    """SQLite with the /api/ps poller on (the defaults): no httpx (the poller and /test use
+    the proxy's own HTTP client), no Alembic at head, no PostgreSQL dialect; Loki brings its
+    httpx."""
+    assert loaded_on_demand(tmp_path, "sqlite") == []
+    assert loaded_on_demand(tmp_path, "sqlite,loki") == ["httpx", "app.analytics.loki"]
+
+
+@pytest.mark.process
+def test_a_proxy_on_a_new_store_migrates_it_without_loading_alembic(tmp_path: Path) -> None:
+    """The start-up upgrade runs in a child process (Alembic's modules would stay for the
+    proxy's life): the store is at head and the serving process never imported Alembic."""
+    assert loaded_on_demand(tmp_path, "sqlite", migrated=False) == []
+    engine = create_store_engine(database_url(None, tmp_path))
+    assert at_head(engine)
+    engine.dispose()

@@ -189,7 +189,9 @@ def converse(*chunks: bytes) -> tuple[Wire, Echo]:
     app = Echo()
 
     async def go() -> Wire:
-        config = uvicorn.Config(app, http=ProxyHttpProtocol, lifespan="off", log_config=None)
+        config = uvicorn.Config(
+            app, http=ProxyHttpProtocol, ws="none", lifespan="off", log_config=None
+        )
         config.load()
         protocol = ProxyHttpProtocol(
             config=config,
@@ -278,6 +280,24 @@ def test_the_limit_is_per_request_on_a_kept_alive_connection() -> None:
     assert [data[:15] for data in wire.writes] == [b"HTTP/1.1 200 OK"] * 2
 
 
+UPGRADE = (
+    b"GET /api/tags HTTP/1.1\r\nhost: proxy\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+    b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+)
+
+
+def test_an_upgrade_request_is_answered_as_plain_http_as_ollama_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Go's net/http serves a request asking for a WebSocket like any other; uvicorn would
+    accept the upgrade (then the forwarder refused it: 403) or warn on every one."""
+    with caplog.at_level(logging.DEBUG):
+        wire, app = converse(UPGRADE, b"GET /api/version HTTP/1.1\r\nhost: proxy\r\n\r\n")
+    assert app.bodies == [0, 0]  # both reached the app as HTTP, the connection kept
+    assert [data[:15] for data in wire.writes] == [b"HTTP/1.1 200 OK"] * 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_the_limit_still_holds_after_a_request_with_a_body() -> None:
     wire, app = converse(head_of(1000, "POST", 10), b"0123456789", head_of(MAX_HEAD_BYTES + 1))
     assert app.bodies == [10]
@@ -305,11 +325,13 @@ def test_uvicorn_runs_the_proxy_as_a_transparent_proxy_needs(tmp_path: Path) -> 
     assert config.date_header is False
     assert config.access_log is False
     assert config.proxy_headers is False
+    assert config.ws == "none"
     assert config.log_config is None
     assert config.timeout_graceful_shutdown == 0.5  # not rounded down to 0
     assert config.timeout_keep_alive == 75
     config.load()
     assert config.http_protocol_class is ProxyHttpProtocol
+    assert config.ws_protocol_class is None
 
 
 def test_uvicorn_runs_ollama_too_for_serve(tmp_path: Path) -> None:

@@ -16,8 +16,10 @@ while it rebuilds the hour it cuts into, so that hour's rollups stay exact.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import operator
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from sqlalchemy import Engine, create_engine, delete, event, exc, insert, select
 from sqlalchemy.engine import make_url
 
 from app.analytics import rollups, search, stats
-from app.analytics.migrate import RETENTION_LOCK, at_head, fleet_lock, upgrade
+from app.analytics.migrate import RETENTION_LOCK, at_head, fleet_lock, upgrade, upgrade_in_child
 from app.analytics.rows import RejectedRows
 from app.analytics.search import SearchQuery
 from app.analytics.tables import maintenance, requests
@@ -73,6 +75,25 @@ def create_store_engine(url: str) -> Engine:
         max_overflow=4,
         connect_args=postgres_connect_args(url),
     )
+
+
+def migration_child() -> int:
+    """The migration child that ``app.analytics.migrate.upgrade_in_child`` starts: reads
+    ``{"url", "node"}`` from stdin, upgrades, logs each step to stderr; status 1 and the
+    reason on stderr when it fails."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)  # each step
+    try:
+        order = json.loads(sys.stdin.buffer.read())
+        engine = create_store_engine(order["url"])
+        try:
+            upgrade(engine, node=order["node"])
+        finally:
+            engine.dispose()
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 POSTGRES_CONNECTION = {
@@ -143,12 +164,27 @@ class SqlStore:
             self.migrated = True
 
     async def start(self) -> None:
-        """Migrate at start-up, off the event loop. Never fatal: a database that is down
-        now is migrated by the first write once it answers (the writer retries)."""
+        """Migrate at start-up, off the event loop, in a child process (``upgrade_in_child``:
+        Alembic never loads here). Never fatal: a database that is down now is migrated by
+        the first write once it answers (the writer retries, in this process)."""
+        if self.migrated:
+            return
         try:
-            await asyncio.to_thread(self.migrate)
+            if not await asyncio.to_thread(at_head, self.engine):
+                await asyncio.to_thread(self._upgrade_apart)
+            self.migrated = True
         except Exception as exc:
             log.error("analytics store not ready (%s); will retry", exc)
+
+    def _upgrade_apart(self) -> None:
+        if self.dialect == "sqlite" and self.engine.url.database in (None, "", ":memory:"):
+            upgrade(self.engine, node=self.node)  # a database only this process can see
+            return
+        try:
+            upgrade_in_child(self.engine, node=self.node)
+        except OSError as exc:
+            log.warning("cannot start the migration process (%s); migrating here", exc)
+            upgrade(self.engine, node=self.node)
 
     # -- writing -----------------------------------------------------------------------
 

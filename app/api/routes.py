@@ -4,9 +4,9 @@ factory adds ``/analytics/*`` from ``app.api.analytics``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, Response
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -36,15 +36,16 @@ KEYED_OWN_PATHS = frozenset({"/test"})
 
 def create_api(
     *,
-    upstream_url: str,
     registry: CollectorRegistry,
     instruments: Instruments,
-    http: httpx.AsyncClient,
+    upstream_url: str,
+    ask_version: Callable[[], Awaitable[str | None]],
     metrics_token: str | None = None,
     node: str = "",
 ) -> FastAPI:
-    """``upstream_url`` is Ollama's URL without credentials: ``http`` sends them as a header,
-    so neither the answers of ``/test`` nor httpx's errors and logs can hold them.
+    """``upstream_url`` is Ollama's URL without credentials; ``ask_version`` asks Ollama its
+    version the way a proxied request reaches it (``app.proxy.upstream.Upstream.version``:
+    credentials as a header) and raises ``ValueError`` saying why there is no good answer.
 
     ``/metrics`` needs ``metrics_token`` as a Bearer token when it is set. ``/test`` is guarded
     by the API keys (``KEYED_OWN_PATHS``: it reaches Ollama like a proxied request); ``/docs``
@@ -76,17 +77,15 @@ def create_api(
     async def chain_check() -> ChainCheck:
         started = time.perf_counter()
         try:
-            answer = await http.get(upstream_url + "/api/version")
-            answer.raise_for_status()
-            version = answer.json().get("version")
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            version = await ask_version()
+        except ValueError as exc:
             instruments.upstream_answered(False)
             return ChainCheck(
                 proxy_version=__version__,
                 node=node,
                 upstream=upstream_url,
                 upstream_reachable=False,
-                error=f"{type(exc).__name__}: {exc}",
+                error=str(exc),
             )
         instruments.upstream_answered(True)
         return ChainCheck(
@@ -94,7 +93,7 @@ def create_api(
             node=node,
             upstream=upstream_url,
             upstream_reachable=True,
-            upstream_version=str(version) if version is not None else None,
+            upstream_version=version,
             round_trip_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 

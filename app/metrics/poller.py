@@ -21,7 +21,8 @@ dashboards show "no data" rather than a false 0. Per-model series are bounded to
 Wiring (the lifespan owns the task)::
 
     collector = LoadedModelsCollector(registry=registry)
-    poller = ModelPoller(http=http, url=upstream, interval=15, collector=collector,
+    ollama = Upstream(url, connect_timeout=5, max_connections=1)  # app.proxy.upstream
+    poller = ModelPoller(ollama=ollama, interval=15, collector=collector,
                          on_result=..., on_models=residency.observe)
     await poller.start()  # ... await poller.stop() on shutdown
 """
@@ -34,8 +35,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-import httpx
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -159,6 +160,20 @@ class _PollError(Exception):
     """Why one poll of ``/api/ps`` produced no snapshot; the message names the cause."""
 
 
+class OllamaClient(Protocol):
+    """How the poller reaches Ollama: ``app.proxy.upstream.Upstream`` (a pool of its own, so
+    a poll never waits behind the proxied requests; the URL's credentials go as a header)."""
+
+    public_url: str  # Ollama's URL without credentials, for the log lines
+
+    async def get(self, path: str, *, limit: int) -> tuple[int, bytes]:
+        """The status and body of ``GET path``; ``ConnectionError`` saying why not."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class ModelPoller:
     """Polls ``GET {url}/api/ps`` every ``interval`` seconds in a named background task.
 
@@ -178,8 +193,7 @@ class ModelPoller:
     def __init__(
         self,
         *,
-        http: httpx.AsyncClient,
-        url: str,
+        ollama: OllamaClient,
         interval: float,
         collector: LoadedModelsCollector,
         on_result: Callable[[bool], None] | None = None,
@@ -187,10 +201,10 @@ class ModelPoller:
     ) -> None:
         if not interval > 0:
             raise ValueError(f"poll interval must be positive, got {interval!r}")
-        self._http = http
-        self._url = httpx.URL(url.rstrip("/") + "/api/ps")  # a bad URL fails here, not per poll
         self._interval = interval
         self._timeout = min(interval, MAX_TIMEOUT)
+        self._ollama = ollama
+        self._url = ollama.public_url.rstrip("/") + "/api/ps"
         self._collector = collector
         self._on_result = on_result
         self._on_models = on_models
@@ -206,17 +220,18 @@ class ModelPoller:
     async def start(self) -> None:
         """Start polling; the first poll happens at once. Starting twice is a no-op."""
         if not self.running:
+            await self._ollama.start()
             self._task = asyncio.create_task(self._run(), name=f"ollama-ps-poller {self._url}")
 
     async def stop(self) -> None:
-        """Cancel the poll task and wait until it has ended."""
+        """Cancel the poll task, wait until it has ended, close the idle connection."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.wait({task})
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("model poller had ended with an error", exc_info=task.exception())
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("model poller had ended with an error", exc_info=task.exception())
+        await self._ollama.stop()
 
     async def poll_once(self) -> bool:
         """Poll once, update the snapshot on success, report to ``on_result``; never raises."""
@@ -280,8 +295,8 @@ class ModelPoller:
                 body = await self._get()
         except TimeoutError as exc:
             raise _PollError(f"no answer within {self._timeout:g} s") from exc
-        except (httpx.HTTPError, httpx.StreamError) as exc:
-            raise _PollError(f"{type(exc).__name__}: {exc}") from exc
+        except ConnectionError as exc:
+            raise _PollError(str(exc)) from exc
         try:
             document = json.loads(body)
         except (ValueError, RecursionError) as exc:
@@ -292,16 +307,10 @@ class ModelPoller:
             raise _PollError(str(exc)) from exc
 
     async def _get(self) -> bytes:
-        timeout = httpx.Timeout(self._timeout)
-        async with self._http.stream("GET", self._url, timeout=timeout) as response:
-            if response.status_code != 200:
-                raise _PollError(f"HTTP {response.status_code}")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > _MAX_BODY:
-                    raise _PollError(f"answer larger than {_MAX_BODY} bytes")
-        return bytes(body)
+        status, body = await self._ollama.get("/api/ps", limit=_MAX_BODY)
+        if status != 200:
+            raise _PollError(f"HTTP {status}")
+        return body
 
     def _failed(self, reason: str) -> None:
         self._failures += 1

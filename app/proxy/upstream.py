@@ -15,17 +15,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import json
 import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import unquote, urlsplit
 
 from app.proxy.connection import Response, UpstreamConnection
 from app.proxy.errors import UpstreamError, classify
-from app.proxy.headers import upstream_request_headers
+from app.proxy.headers import request_head, upstream_request_headers
 
 # RFC 9110 §9.2.2: methods a server must treat as idempotent, so that a request lost with a
 # stale keep-alive connection may be sent again.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# The most of an /api/version answer read, and how long it may take (/test).
+VERSION_LIMIT = 64 * 1024
+VERSION_TIMEOUT = 10.0
 
 
 class Upstream:
@@ -117,6 +121,51 @@ class Upstream:
                 conn.close()
                 raise
             return response
+
+    async def get(self, path: str, *, limit: int) -> tuple[int, bytes]:
+        """GET ``path`` (``/api/ps``) for the proxy's own use: the status and the whole body.
+        Raises ``ConnectionError`` saying why when Ollama cannot be reached, breaks off, or
+        answers more than ``limit`` bytes: a stdlib type, so that packages that must not
+        import ``app.proxy`` (the /api/ps poller) can be handed this method. The caller sets
+        the deadline; a connection left mid-answer is closed, not reused."""
+        headers = self.headers([(b"accept", b"application/json")])
+        target = self.target(path.encode("latin-1"), b"")
+        head, _ = request_head("GET", target, headers, body_length=0)
+        try:
+            response = await self.send("GET", head, b"")
+            try:
+                body = bytearray()
+                while chunk := await response.read():
+                    body += chunk
+                    if len(body) > limit:
+                        raise ConnectionError(f"answer larger than {limit} bytes")
+                return response.status, bytes(body)
+            finally:
+                response.release()
+        except UpstreamError as exc:
+            raise ConnectionError(str(exc)) from exc
+
+    async def version(self) -> str | None:
+        """Ollama's version from ``/api/version`` (None when it names none); raises
+        ``ValueError`` saying why there is no good answer within ``VERSION_TIMEOUT``."""
+        timeout = VERSION_TIMEOUT
+        try:
+            async with asyncio.timeout(timeout):
+                status, body = await self.get("/api/version", limit=VERSION_LIMIT)
+        except TimeoutError:
+            raise ValueError(f"no answer within {timeout:g} s") from None
+        except ConnectionError as exc:
+            raise ValueError(str(exc)) from None
+        if not 200 <= status < 300:
+            raise ValueError(f"Ollama answered HTTP {status}")
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            raise ValueError("Ollama's answer is not JSON") from None
+        if not isinstance(document, dict):
+            raise ValueError("Ollama's answer is not a JSON object")
+        version = document.get("version")
+        return None if version is None else str(version)
 
     # -- the pool --------------------------------------------------------------------------
 

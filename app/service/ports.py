@@ -5,8 +5,6 @@ from __future__ import annotations
 import socket
 import sys
 
-import httpx
-
 
 def listening(host: str, port: int) -> bool:
     target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
@@ -34,6 +32,8 @@ def describe_port_owner(host: str, port: int) -> str | None:
     """None when the port is free, otherwise a sentence saying who holds it and what to do."""
     if not listening(host, port):
         return None
+    import httpx  # only when the port is taken: a proxy that starts never loads it
+
     target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     if ":" in target:
         target = f"[{target}]"  # an IPv6 address in a URL

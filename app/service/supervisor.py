@@ -23,8 +23,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-
 from app.service.jobobject import KillOnCloseJob
 
 log = logging.getLogger(__name__)
@@ -54,6 +52,28 @@ def upstream_address(url: str) -> str:
     if ":" in host:  # IPv6: Ollama splits host and port as Go's net.SplitHostPort does
         host = f"[{host}]"
     return f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+# How long one readiness probe of the Ollama that serve starts may take.
+PROBE_TIMEOUT = 2.0
+
+
+async def answers(address: str) -> bool:
+    """Whether the HTTP server at ``address`` (host:port, as ``upstream_address`` gives it)
+    answers ``GET /api/version`` with 200 within ``PROBE_TIMEOUT``: one HTTP/1.0 exchange on
+    a connection of its own, asked directly (never through an HTTP_PROXY)."""
+    host, _, port = address.rpartition(":")
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            try:
+                writer.write(f"GET /api/version HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+                status_line = await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, ValueError):
+        return False
+    return status_line.split()[1:2] == [b"200"]
 
 
 def _die_with_parent() -> Callable[[], object]:
@@ -127,27 +147,21 @@ class OllamaSupervisor:
         self.task = asyncio.create_task(self._watch(), name="ollama-supervisor")
 
     async def wait_ready(self, within: float) -> None:
-        url = f"http://{self.upstream_host}/api/version"
         deadline = time.monotonic() + within
-        # Loopback, never through HTTP_PROXY / ALL_PROXY.
-        async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
-            while True:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"ollama serve exited with status {self.process.returncode} at start; "
-                        f"see {self.log_path}"
-                    )
-                try:
-                    if (await client.get(url)).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"ollama serve did not answer on {self.upstream_host} within "
-                        f"{within:.0f}s; see {self.log_path}"
-                    )
-                await asyncio.sleep(0.1)
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"ollama serve exited with status {self.process.returncode} at start; "
+                    f"see {self.log_path}"
+                )
+            if await answers(self.upstream_host):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"ollama serve did not answer on {self.upstream_host} within "
+                    f"{within:.0f}s; see {self.log_path}"
+                )
+            await asyncio.sleep(0.1)
 
     async def _watch(self) -> None:
         backoff = 1.0

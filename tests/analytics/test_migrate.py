@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +181,39 @@ def test_a_store_at_head_starts_without_alembic(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("kind", SQL_STORES)
+def test_the_start_up_upgrade_runs_in_a_child_that_brings_the_store_to_head(
+    kind: str, tmp_path: Path, postgres: PostgresDatabases, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = database_url(postgres.create() if kind == "postgresql" else None, tmp_path)
+    engine = create_store_engine(url)
+    migrate.upgrade(engine, "0006")  # a store a release behind
+    store = SqlStore(engine, node="n1")
+    with caplog.at_level(logging.INFO, logger="app.analytics.migrate"):
+        asyncio.run(store.start())
+    assert store.migrated
+    assert migrate.at_head(engine)
+    # The child's own Alembic log lines, relayed into this process's log.
+    said = [r.getMessage() for r in caplog.records if r.name == "app.analytics.migrate"]
+    assert any("0006 -> 0007" in line for line in said), said
+    engine.dispose()
+
+
+@pytest.mark.process
+def test_a_failed_migration_child_says_why_and_the_store_retries_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = create_store_engine("postgresql://postgres:secret@127.0.0.1:9/nowhere")
+    with pytest.raises(RuntimeError, match=r"exited with status 1: OperationalError: .*port 9"):
+        migrate.upgrade_in_child(engine)
+    store = SqlStore(engine)
+    with caplog.at_level(logging.ERROR, logger="app.analytics.sql"):
+        asyncio.run(store.start())
+    assert not store.migrated  # the first write migrates once the database answers
+    [error] = [r.getMessage() for r in caplog.records if r.name == "app.analytics.sql"]
+    assert error.startswith("analytics store not ready (the migration process exited")
+    assert "secret" not in error
+    engine.dispose()

@@ -34,14 +34,15 @@ def test_filtered_fields_are_indexed_with_the_id() -> None:
 
 def test_a_nullable_filtered_fields_index_holds_only_its_values() -> None:
     """Partial (``WHERE name IS NOT NULL``) exactly when the field is nullable: a row without
-    an API key, truncation, cold start or placement writes no entry there."""
+    an API key, truncation, cold start or placement writes no entry there (declared for
+    SQLite; test_migrate holds both stores' indexes to it)."""
     for index in requests.indexes:
         name = index.columns[0].name
         field = next((f for f in STORED if f.name == name and f.filtered), None)
         if field is None:
             continue
-        wheres = {str(index.dialect_options[d]["where"]) for d in ("sqlite", "postgresql")}
-        assert wheres == ({f"{name} IS NOT NULL"} if field.nullable else {"None"}), name
+        where = index.dialect_options["sqlite"]["where"]
+        assert str(where) == (f"{name} IS NOT NULL" if field.nullable else "None"), name
 
 
 @pytest.mark.parametrize("kind", SQL_STORES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,69 +11,68 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
 
 from app import __version__
 from app.api.routes import KEYED_OWN_PATHS, create_api
 from app.metrics.instruments import Instruments
+from app.proxy.upstream import VERSION_LIMIT, Upstream
 from tests.emulator import EmulatorServer
-from tests.support import ProxyProcess
+from tests.support import LocalHttpServer, ProxyProcess
 
-UPSTREAM = "http://ollama.test"
+NOWHERE = "http://127.0.0.1:9"  # nothing listens: the connection is refused
 
 
-class Ollama:
-    """A tiny Ollama: ``/…/api/version`` answers ``answer``; every request is kept."""
+class Ollama(LocalHttpServer):
+    """A tiny Ollama on a loopback port: every request gets ``status`` and ``body`` (JSON);
+    each request's path and headers are kept."""
 
-    def __init__(self, answer: Response) -> None:
-        self.answer = answer
-        self.requests: list[Request] = []
+    def __init__(self, document: object = None, *, status: int = 200, body: bytes = b"") -> None:
+        self.status = status
+        self.body = body or json.dumps(document if document is not None else {}).encode()
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        super().__init__(self.respond)
 
-        async def version(request: Request) -> Response:
-            self.requests.append(request)
-            return self.answer
-
-        self.app = Starlette(routes=[Route("/{prefix:path}api/version", version)])
-
-    def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), **kwargs)
+    def respond(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str | None, bytes]:
+        self.requests.append((path, headers))
+        return self.status, "application/json", self.body
 
 
 Drive = Callable[[httpx.AsyncClient, CollectorRegistry], Awaitable[None]]
 
 
 def run_api(
-    http: httpx.AsyncClient,
     drive: Drive,
     *,
-    upstream_url: str = UPSTREAM,
+    upstream_url: str = NOWHERE,
     metrics_token: str | None = None,
     node: str = "gpu-1",
 ) -> CollectorRegistry:
-    """Build the API on ``http`` and ``drive(client of the API, its registry)``."""
+    """Build the API on a pool to ``upstream_url`` and ``drive(client of the API, its
+    registry)``."""
     registry = CollectorRegistry()
+    upstream = Upstream(upstream_url, connect_timeout=5, max_connections=4)
     api = create_api(
-        upstream_url=upstream_url,
         registry=registry,
         instruments=Instruments(registry, node=node),
-        http=http,
+        upstream_url=upstream.public_url,
+        ask_version=upstream.version,
         metrics_token=metrics_token,
         node=node,
     )
 
     async def go() -> None:
         transport = httpx.ASGITransport(app=api)
-        async with http, httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
             await drive(client, registry)
+        await upstream.stop()
 
     asyncio.run(go())
     return registry
 
 
-def check_of(http: httpx.AsyncClient, upstream_url: str = UPSTREAM) -> tuple[dict[str, Any], float]:
+def check_of(upstream_url: str) -> tuple[dict[str, Any], float]:
     """The answer of ``/test`` and ``ollama_upstream_up`` after it."""
     found: dict[str, Any] = {}
 
@@ -81,7 +81,7 @@ def check_of(http: httpx.AsyncClient, upstream_url: str = UPSTREAM) -> tuple[dic
         assert answer.status_code == 200
         found.update(answer.json())
 
-    registry = run_api(http, drive, upstream_url=upstream_url)
+    registry = run_api(drive, upstream_url=upstream_url)
     up = registry.get_sample_value("ollama_upstream_up")
     assert up is not None
     return found, up
@@ -91,58 +91,60 @@ def check_of(http: httpx.AsyncClient, upstream_url: str = UPSTREAM) -> tuple[dic
 
 
 def test_test_reports_a_reachable_ollama_and_its_version() -> None:
-    ollama = Ollama(JSONResponse({"version": "0.33.1"}))
-    check, up = check_of(ollama.client())
+    with Ollama({"version": "0.33.1"}) as ollama:
+        check, up = check_of(ollama.url)
     assert check["proxy_version"] == __version__
     assert check["node"] == "gpu-1"
-    assert check["upstream"] == UPSTREAM
+    assert check["upstream"] == ollama.url
     assert check["upstream_reachable"] is True
     assert check["upstream_version"] == "0.33.1"
     assert isinstance(check["round_trip_ms"], float)
     assert check["round_trip_ms"] >= 0
     assert check["error"] is None
     assert up == 1
-    assert [request.url.path for request in ollama.requests] == ["/api/version"]
+    assert [path for path, _ in ollama.requests] == ["/api/version"]
 
 
 @pytest.mark.parametrize(("version", "shown"), [({}, None), ({"version": 33}, "33")])
 def test_test_without_a_version_string_is_still_reachable(
     version: dict[str, Any], shown: str | None
 ) -> None:
-    check, up = check_of(Ollama(JSONResponse(version)).client())
+    with Ollama(version) as ollama:
+        check, up = check_of(ollama.url)
     assert check["upstream_reachable"] is True
     assert check["upstream_version"] == shown
     assert up == 1
 
 
 def test_test_asks_under_the_upstreams_base_path_with_its_credentials_kept_out() -> None:
-    ollama = Ollama(JSONResponse({"version": "0.33.1"}))
-    credentials = "Basic dXNlcjpzM2NyZXQ="  # user:s3cret
-    check, _ = check_of(
-        ollama.client(headers={"Authorization": credentials}), upstream_url=UPSTREAM + "/ollama"
-    )
+    with Ollama({"version": "0.33.1"}) as ollama:
+        base = ollama.url + "/ollama"
+        check, _ = check_of(base.replace("http://", "http://user:s3cret@"))
     assert check["upstream_reachable"] is True
-    assert check["upstream"] == UPSTREAM + "/ollama"
-    [request] = ollama.requests
-    assert request.url.path == "/ollama/api/version"
-    assert request.headers["authorization"] == credentials
-    assert credentials not in str(check)
+    assert check["upstream"] == base
+    [(path, headers)] = ollama.requests
+    assert path == "/ollama/api/version"
+    assert headers["authorization"] == "Basic dXNlcjpzM2NyZXQ="  # user:s3cret
+    assert "s3cret" not in str(check)
 
 
 @pytest.mark.parametrize(
-    ("answer", "error"),
+    ("status", "body", "error"),
     [
-        (PlainTextResponse("busy", status_code=503), "HTTPStatusError: Server error '503"),
-        (PlainTextResponse("not json"), "JSONDecodeError: "),
-        (JSONResponse(["a", "list"]), "AttributeError: 'list' object has no attribute 'get'"),
+        (503, b"busy", "Ollama answered HTTP 503"),
+        (200, b"not json", "Ollama's answer is not JSON"),
+        (200, b'["a", "list"]', "Ollama's answer is not a JSON object"),
+        (200, b"[" * 60_000, "Ollama's answer is not JSON"),  # nested past the recursion limit
+        (200, b"x" * (VERSION_LIMIT + 1), f"answer larger than {VERSION_LIMIT} bytes"),
     ],
 )
 def test_test_reports_an_ollama_that_answers_wrong_as_unreachable(
-    answer: Response, error: str
+    status: int, body: bytes, error: str
 ) -> None:
-    check, up = check_of(Ollama(answer).client())
+    with Ollama(status=status, body=body) as ollama:
+        check, up = check_of(ollama.url)
     assert check["upstream_reachable"] is False
-    assert check["error"].startswith(error)
+    assert check["error"] == error
     assert check["upstream_version"] is None
     assert check["round_trip_ms"] is None
     assert check["proxy_version"] == __version__
@@ -150,27 +152,26 @@ def test_test_reports_an_ollama_that_answers_wrong_as_unreachable(
 
 
 def test_test_reports_an_ollama_that_is_not_there() -> None:
-    nowhere = "http://127.0.0.1:9"  # nothing listens: the connection is refused
-    check, up = check_of(httpx.AsyncClient(), upstream_url=nowhere)
+    check, up = check_of(NOWHERE)
     assert check["upstream_reachable"] is False
-    assert check["upstream"] == nowhere
-    assert check["error"].startswith("ConnectError: ")
+    assert check["upstream"] == NOWHERE
+    assert check["error"].startswith("cannot connect to Ollama at " + NOWHERE), check["error"]
     assert up == 0
 
 
 def test_test_sets_upstream_up_back_once_ollama_answers() -> None:
-    ollama = Ollama(PlainTextResponse("down", status_code=502))
     seen: list[tuple[bool, float | None]] = []
+    with Ollama(status=502, body=b"down") as ollama:
 
-    async def drive(client: httpx.AsyncClient, registry: CollectorRegistry) -> None:
-        for answer in (PlainTextResponse("down", status_code=502), JSONResponse({"version": "1"})):
-            ollama.answer = answer
-            check = (await client.get("/test")).json()
-            seen.append(
-                (check["upstream_reachable"], registry.get_sample_value("ollama_upstream_up"))
-            )
+        async def drive(client: httpx.AsyncClient, registry: CollectorRegistry) -> None:
+            for status, body in ((502, b"down"), (200, b'{"version": "1"}')):
+                ollama.status, ollama.body = status, body
+                check = (await client.get("/test")).json()
+                seen.append(
+                    (check["upstream_reachable"], registry.get_sample_value("ollama_upstream_up"))
+                )
 
-    run_api(ollama.client(), drive)
+        run_api(drive, upstream_url=ollama.url)
     assert seen == [(False, 0), (True, 1)]
 
 
@@ -192,7 +193,7 @@ def scrape(metrics_token: str | None = None, **headers: str) -> httpx.Response:
     async def drive(client: httpx.AsyncClient, registry: CollectorRegistry) -> None:
         answers.append(await client.get("/metrics", headers=headers))
 
-    run_api(httpx.AsyncClient(), drive, metrics_token=metrics_token)
+    run_api(drive, metrics_token=metrics_token)
     return answers[0]
 
 
@@ -218,14 +219,13 @@ def test_metrics_follows_the_registry_as_it_changes() -> None:
     async def drive(client: httpx.AsyncClient, registry: CollectorRegistry) -> None:
         values.append((await client.get("/metrics")).text)
 
-    ollama = Ollama(JSONResponse({"version": "1"}))
-
     async def after_test(client: httpx.AsyncClient, registry: CollectorRegistry) -> None:
         await drive(client, registry)
         await client.get("/test")
         await drive(client, registry)
 
-    run_api(ollama.client(), after_test)
+    with Ollama({"version": "1"}) as ollama:
+        run_api(after_test, upstream_url=ollama.url)
     assert "ollama_upstream_up 0.0" in values[0]
     assert "ollama_upstream_up 1.0" in values[1]
 
@@ -251,7 +251,7 @@ def test_the_schema_describes_only_the_own_endpoints_and_docs_are_served() -> No
         for path in ("/openapi.json", "/docs", "/redoc", "/ui/", "/api/tags"):
             answers[path] = await client.get(path)
 
-    run_api(httpx.AsyncClient(), drive)
+    run_api(drive)
     schema = answers["/openapi.json"].json()
     assert set(schema["paths"]) == {"/metrics", "/test"}
     assert schema["info"]["version"] == __version__
@@ -266,11 +266,11 @@ def test_the_schema_describes_only_the_own_endpoints_and_docs_are_served() -> No
 
 def test_the_keyed_own_paths_are_the_routes_that_reach_ollama() -> None:
     assert frozenset({"/test"}) == KEYED_OWN_PATHS
-    ollama = Ollama(JSONResponse({"version": "1"}))
 
     async def drive(client: httpx.AsyncClient, registry: CollectorRegistry) -> None:
         for path in KEYED_OWN_PATHS:
             assert (await client.get(path)).status_code == 200, path
 
-    run_api(ollama.client(), drive)
+    with Ollama({"version": "1"}) as ollama:
+        run_api(drive, upstream_url=ollama.url)
     assert len(ollama.requests) == len(KEYED_OWN_PATHS)

@@ -25,7 +25,7 @@ HEADLINE = {
     "small": ("rps", "p50_ms", "p99_ms"),
     "stream": ("chunks_per_s", "ttft_p50_ms", "ttft_p99_ms"),
     "memory": ("mb_per_s", "rss_before_mb", "rss_peak_mb"),
-    "series": ("rps", "rss_start_mb", "rss_end_mb"),
+    "series": ("rps", "rss_ready_mb", "rss_start_mb", "rss_end_mb"),
 }
 SCENARIOS = (
     *(f"small.{case}.c{c}" for case in ("tags", "generate") for c in (1, 64)),

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -21,6 +21,7 @@ from app.metrics.poller import (
     ModelPoller,
 )
 from app.ollama.residency import Residency
+from app.proxy.upstream import Upstream
 from tests.emulator import EmulatorServer
 from tests.support import LocalHttpServer, free_port
 
@@ -48,11 +49,13 @@ class ScriptedServer(LocalHttpServer):
         self.status = 200
         self.body = b'{"models": []}'
         self.delay = 0.0
+        self.asked: list[tuple[str, str, dict[str, str]]] = []
         super().__init__(self.respond)
 
     def respond(
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, str | None, bytes]:
+        self.asked.append((method, path, headers))
         time.sleep(self.delay)
         return self.status, "application/json", self.body
 
@@ -67,7 +70,10 @@ def entry(name: str, size: int, vram: int) -> dict[str, Any]:
 class Rig:
     """A fresh registry, collector and poller, with every on_result call recorded."""
 
-    def __init__(self, http: httpx.AsyncClient, url: str, interval: float) -> None:
+    made: ClassVar[list[Rig]] = []  # for ``run`` to stop
+
+    def __init__(self, url: str, interval: float) -> None:
+        Rig.made.append(self)
         self.registry = CollectorRegistry()
         self.collector = LoadedModelsCollector(registry=self.registry)
         self.results: list[bool] = []
@@ -75,8 +81,7 @@ class Rig:
         self.seen: list[tuple[bool, float | None]] = []
         self.residency = Residency()
         self.poller = ModelPoller(
-            http=http,
-            url=url,
+            ollama=Upstream(url, connect_timeout=5, max_connections=1),
             interval=interval,
             collector=self.collector,
             on_result=self.record,
@@ -95,10 +100,15 @@ class Rig:
         return [sample.name for family in self.registry.collect() for sample in family.samples]
 
 
-def run(test: Callable[[httpx.AsyncClient], Awaitable[None]]) -> None:
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    """Run ``test``, then stop every poller it made (each keeps its connection to Ollama)."""
+
     async def main() -> None:
-        async with httpx.AsyncClient(trust_env=False) as http:
-            await test(http)
+        try:
+            await test()
+        finally:
+            while Rig.made:
+                await Rig.made.pop().poller.stop()
 
     asyncio.run(main())
 
@@ -124,8 +134,8 @@ def unload(url: str, model: str) -> None:
 
 
 def test_nothing_is_exported_before_the_first_good_poll() -> None:
-    async def scenario(http: httpx.AsyncClient) -> None:
-        rig = Rig(http, f"http://127.0.0.1:{free_port()}", interval=0.1)
+    async def scenario() -> None:
+        rig = Rig(f"http://127.0.0.1:{free_port()}", interval=0.1)
         assert rig.samples() == []
         assert not await rig.poller.poll_once()  # nothing listens there
         assert rig.results == [False]
@@ -145,8 +155,8 @@ def test_loaded_models_carry_the_sizes_api_ps_reported(emulator: EmulatorServer)
     direct = httpx.get(emulator.url + "/api/ps").json()["models"]
     assert {m["model"] for m in direct} == {LLAMA, EMBED}
 
-    async def scenario(http: httpx.AsyncClient) -> None:
-        rig = Rig(http, emulator.url + "/", interval=1.0)
+    async def scenario() -> None:
+        rig = Rig(emulator.url + "/", interval=1.0)
         assert await rig.poller.poll_once()
         assert rig.results == [True]
         assert rig.value("ollama_models_loaded") == 2
@@ -163,8 +173,8 @@ def test_an_unloaded_model_disappears_on_the_next_poll(emulator: EmulatorServer)
     load(emulator.url, "llama3.2")
     load(emulator.url, EMBED)
 
-    async def scenario(http: httpx.AsyncClient) -> None:
-        rig = Rig(http, emulator.url, interval=0.05)
+    async def scenario() -> None:
+        rig = Rig(emulator.url, interval=0.05)
         await rig.poller.start()
         try:
             await wait_for(lambda: rig.value("ollama_models_loaded") == 2)
@@ -187,8 +197,8 @@ def test_upstream_outage_keeps_then_clears_the_snapshot_and_recovers(
     interval = 0.2
     load(emulator.url, "llama3.2")
 
-    async def scenario(http: httpx.AsyncClient) -> None:
-        rig = Rig(http, emulator.url, interval=interval)
+    async def scenario() -> None:
+        rig = Rig(emulator.url, interval=interval)
         seen = rig.seen
         await rig.poller.start()
         try:
@@ -224,6 +234,37 @@ def test_upstream_outage_keeps_then_clears_the_snapshot_and_recovers(
 
 
 @pytest.mark.process
+def test_polls_go_under_the_base_path_with_the_urls_credentials_as_a_header(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An Ollama behind an auth proxy: ``http://user:s3cret@host/ollama``. Each poll asks
+    ``/ollama/api/ps`` on one kept-alive connection with Basic credentials, and no log line
+    holds them."""
+
+    async def scenario() -> None:
+        with ScriptedServer() as server:
+            base = server.url.replace("http://", "http://user:s3cret@") + "/ollama/"
+            rig = Rig(base, interval=1.0)
+            server.answer({"models": [entry("m", 10, 10)]})
+            assert await rig.poller.poll_once()
+            assert await rig.poller.poll_once()
+            server.status = 503
+            assert not await rig.poller.poll_once()
+            assert [(method, path) for method, path, _ in server.asked] == [
+                ("GET", "/ollama/api/ps")
+            ] * 3
+            for _, _, headers in server.asked:
+                assert headers["authorization"] == "Basic dXNlcjpzM2NyZXQ="  # user:s3cret
+                assert headers["host"] == server.url.removeprefix("http://")
+            assert rig.results == [True, True, False]
+
+    with caplog.at_level(logging.INFO, logger="app.metrics.poller"):
+        run(scenario)
+    assert "HTTP 503" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert "user:" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("status", "body"),
     [
@@ -242,9 +283,9 @@ def test_upstream_outage_keeps_then_clears_the_snapshot_and_recovers(
     ],
 )
 def test_a_bad_answer_is_a_failed_poll(status: int, body: bytes) -> None:
-    async def scenario(http: httpx.AsyncClient) -> None:
+    async def scenario() -> None:
         with ScriptedServer() as server:
-            rig = Rig(http, server.url, interval=1.0)
+            rig = Rig(server.url, interval=1.0)
             server.answer({"models": [entry("kept", 10, 5)]})
             assert await rig.poller.poll_once()
             server.status, server.body = status, body
@@ -257,10 +298,10 @@ def test_a_bad_answer_is_a_failed_poll(status: int, body: bytes) -> None:
 
 @pytest.mark.process
 def test_garbage_does_not_end_the_loop_and_a_good_answer_heals_it() -> None:
-    async def scenario(http: httpx.AsyncClient) -> None:
+    async def scenario() -> None:
         with ScriptedServer() as server:
             server.body = b"<html>not ollama</html>"
-            rig = Rig(http, server.url, interval=0.05)
+            rig = Rig(server.url, interval=0.05)
             await rig.poller.start()
             try:
                 await wait_for(lambda: rig.results.count(False) >= 3)
@@ -282,10 +323,10 @@ def test_garbage_does_not_end_the_loop_and_a_good_answer_heals_it() -> None:
 
 @pytest.mark.process
 def test_a_hanging_upstream_times_out_within_the_interval() -> None:
-    async def scenario(http: httpx.AsyncClient) -> None:
+    async def scenario() -> None:
         with ScriptedServer() as server:
             server.delay = 1.0
-            rig = Rig(http, server.url, interval=0.1)
+            rig = Rig(server.url, interval=0.1)
             started = time.monotonic()
             assert not await rig.poller.poll_once()
             assert time.monotonic() - started < 0.5
@@ -295,9 +336,9 @@ def test_a_hanging_upstream_times_out_within_the_interval() -> None:
 
 @pytest.mark.process
 def test_stop_ends_the_named_task() -> None:
-    async def scenario(http: httpx.AsyncClient) -> None:
+    async def scenario() -> None:
         with ScriptedServer() as server:
-            rig = Rig(http, server.url, interval=0.05)
+            rig = Rig(server.url, interval=0.05)
             await rig.poller.start()
             await rig.poller.start()  # idempotent: still one task
             pollers = [t for t in asyncio.all_tasks() if t.get_name().startswith("ollama-ps")]
@@ -319,10 +360,10 @@ def test_stop_ends_the_named_task() -> None:
 def test_per_model_series_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
     many = {"models": [entry(f"model-{i:03d}", 1000 + i, i) for i in range(150)]}
 
-    async def scenario(http: httpx.AsyncClient) -> None:
+    async def scenario() -> None:
         with ScriptedServer() as server:
             server.answer(many)
-            rig = Rig(http, server.url, interval=1.0)
+            rig = Rig(server.url, interval=1.0)
             assert await rig.poller.poll_once()
             assert await rig.poller.poll_once()
             assert rig.samples().count("ollama_model_loaded") == MAX_MODELS
@@ -345,21 +386,23 @@ def test_the_collector_clashes_with_nothing_and_rejects_a_second_copy() -> None:
 
 
 def test_a_bad_interval_or_url_fails_at_construction() -> None:
-    async def scenario(http: httpx.AsyncClient) -> None:
+    async def scenario() -> None:
         collector = LoadedModelsCollector(registry=CollectorRegistry())
         with pytest.raises(ValueError, match="interval"):
-            ModelPoller(http=http, url="http://127.0.0.1:1", interval=0, collector=collector)
-        with pytest.raises(httpx.InvalidURL):
-            ModelPoller(http=http, url="http://[::1", interval=1, collector=collector)
+            ModelPoller(
+                ollama=Upstream("http://127.0.0.1:1", connect_timeout=1, max_connections=1),
+                interval=0,
+                collector=collector,
+            )
 
     run(scenario)
 
 
 @pytest.mark.process
 def test_the_vram_ratio_says_where_each_model_runs() -> None:
-    async def scenario(http: httpx.AsyncClient) -> None:
+    async def scenario() -> None:
         with ScriptedServer() as server:
-            rig = Rig(http, server.url, interval=1.0)
+            rig = Rig(server.url, interval=1.0)
             server.answer(
                 {
                     "models": [
@@ -382,9 +425,9 @@ def test_the_vram_ratio_says_where_each_model_runs() -> None:
 @pytest.mark.process
 @pytest.mark.parametrize(("sent", "read"), [(4096, 4096), ("4096", None), (-1, None), (None, None)])
 def test_the_loaded_context_is_read_and_junk_is_unknown(sent: object, read: int | None) -> None:
-    async def scenario(http: httpx.AsyncClient) -> None:
+    async def scenario() -> None:
         with ScriptedServer() as server:
-            rig = Rig(http, server.url, interval=1.0)
+            rig = Rig(server.url, interval=1.0)
             server.answer({"models": [{**entry("m", 10, 10), "context_length": sent}]})
             assert await rig.poller.poll_once()  # junk in it does not fail the poll
             assert rig.residency.memory("m").context_length == read
@@ -395,9 +438,9 @@ def test_the_loaded_context_is_read_and_junk_is_unknown(sent: object, read: int 
 
 @pytest.mark.process
 def test_a_poke_polls_at_once_and_the_schedule_holds() -> None:
-    async def scenario(http: httpx.AsyncClient) -> None:
+    async def scenario() -> None:
         with ScriptedServer() as server:
-            rig = Rig(http, server.url, interval=30.0)
+            rig = Rig(server.url, interval=30.0)
             await rig.poller.start()
             await wait_for(lambda: len(rig.results) == 1)
             rig.poller.poke()  # a cold start was seen: look again soon, not in 30 s
@@ -418,9 +461,9 @@ def test_a_poke_polls_at_once_and_the_schedule_holds() -> None:
 
 @pytest.mark.process
 def test_the_residency_follows_the_answers_and_forgets_when_they_stop() -> None:
-    async def scenario(http: httpx.AsyncClient) -> None:
+    async def scenario() -> None:
         with ScriptedServer() as server:
-            rig = Rig(http, server.url, interval=0.1)
+            rig = Rig(server.url, interval=0.1)
             server.answer({"models": [{**entry("m", 1000, 380), "context_length": 8192}]})
             assert await rig.poller.poll_once()
             assert rig.residency.memory("m")[:2] == ("mixed", 0.38)

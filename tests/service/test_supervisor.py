@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,10 +20,11 @@ import httpx
 import psutil
 import pytest
 
+from app.service import supervisor as supervision
 from app.service.ports import listening
 from app.service.supervisor import OllamaSupervisor, child_environment, upstream_address
 from tests import fake_ollama
-from tests.support import free_port
+from tests.support import LocalHttpServer, free_port
 
 # What Ollama's FAQ says breaks its client connections.
 PROXY_VARIABLES = {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"}
@@ -317,3 +319,31 @@ def test_ollama_dies_with_what_started_it(tmp_path: Path, fake_env: Path) -> Non
     assert process.wait() == 0  # it was serving: SIGTERM is Ollama's clean exit
     assert pids(fake_env) == [process.pid]
     assert not listening(host, int(port))
+
+
+def test_the_readiness_probe_wants_a_200_from_api_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``answers``: True only for 200 to ``GET /api/version`` with our Host; False for another
+    status, a refused connection, and a server that accepts and never answers (in time)."""
+    seen: list[tuple[str, str]] = []
+
+    def respond(
+        method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str | None, bytes]:
+        seen.append((path, headers["host"]))
+        return (200 if path == "/api/version" else 404), "application/json", b"{}"
+
+    monkeypatch.setattr(supervision, "PROBE_TIMEOUT", 0.3)
+    with LocalHttpServer(respond) as ok, socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepts (the kernel's backlog) and never answers
+        address = ok.url.removeprefix("http://")
+        assert asyncio.run(supervision.answers(address))
+        assert seen == [("/api/version", address)]
+        with LocalHttpServer(lambda *_: (503, None, b"loading")) as busy:
+            assert not asyncio.run(supervision.answers(busy.url.removeprefix("http://")))
+        assert not asyncio.run(supervision.answers(f"127.0.0.1:{free_port()}"))
+        started = time.monotonic()
+        assert not asyncio.run(supervision.answers(f"127.0.0.1:{silent.getsockname()[1]}"))
+        assert time.monotonic() - started < 5
