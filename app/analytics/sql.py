@@ -157,22 +157,22 @@ class SqlStore:
         # once it answers (the writer retries), so the proxy never waits for it.
         self.migrated = not auto_migrate
 
-    def migrate(self) -> None:
+    def migrate(self, *, apart: bool = False) -> None:
+        """Upgrade to head unless already there; ``apart``: in a child process."""
         if not self.migrated:
             if not at_head(self.engine):
-                upgrade(self.engine, node=self.node)
+                if apart:
+                    self._upgrade_apart()
+                else:
+                    upgrade(self.engine, node=self.node)
             self.migrated = True
 
     async def start(self) -> None:
         """Migrate at start-up, off the event loop, in a child process (``upgrade_in_child``:
         Alembic never loads here). Never fatal: a database that is down now is migrated by
         the first write once it answers (the writer retries, in this process)."""
-        if self.migrated:
-            return
         try:
-            if not await asyncio.to_thread(at_head, self.engine):
-                await asyncio.to_thread(self._upgrade_apart)
-            self.migrated = True
+            await asyncio.to_thread(self.migrate, apart=True)
         except Exception as exc:
             log.error("analytics store not ready (%s); will retry", exc)
 
