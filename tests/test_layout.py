@@ -14,7 +14,8 @@ README = ROOT / "tests" / "README.md"
 MODULE_TABLE = "## Every module and its tests"
 # Modules whose tests cannot sensibly live in a file named after them, and why.
 NO_OWN_FILE = {
-    "app/__main__.py": "two lines that run app.cli.main; tests/test_cli.py runs python -m app",
+    "app/__main__.py": "the program's entry: tests/test_cli.py runs python -m app, "
+    "tests/test_main.py serves as its own_process",
     "app/types.py": "type aliases only; no behaviour to test",
 }
 PATH = re.compile(r"`((?:app|tests|scripts|bench|build)/[^`<>*\s]+)")

@@ -96,18 +96,26 @@ def test_the_dot_segment_guard_stands_only_under_a_base_path(tmp_path: Path) -> 
 
 # Modules a proxy loads only when its configuration needs them (RSS at start, issue 19).
 ON_DEMAND = ("httpx", "alembic", "sqlalchemy.dialects.postgresql", "app.analytics.loki")
+# Modules the program's own process never loads (``app.__main__.own_process``).
+NEVER = ("pydantic.v1",)
 
 
-def loaded_on_demand(tmp_path: Path, backend: str, *, migrated: bool = True) -> list[str]:
-    """Which of ``ON_DEMAND`` a proxy process holds once started and serving (the CLI's
-    modules imported, the app built, its lifespan run, a request proxied), on a store at
-    head or (``migrated=False``) a new one, which the lifespan migrates."""
+def loaded_on_demand(
+    tmp_path: Path, backend: str, *, migrated: bool = True, program: bool = False
+) -> tuple[list[str], list[int]]:
+    """Which of ``ON_DEMAND`` and ``NEVER`` a proxy process holds once started and serving
+    (the CLI's modules imported, the app built, its lifespan run, requests answered), on a
+    store at head or (``migrated=False``) a new one, which the lifespan migrates; and the
+    statuses of those requests. ``program``: the process starts as the program's does."""
     if migrated:
         store = SqlStore(create_store_engine(database_url(None, tmp_path)))
         store.migrate()  # here: the probe's proxy finds its store at head
         store.close()
     probe = f"""
 import asyncio, sys
+if {program!r}:
+    import app.__main__
+    app.__main__.own_process()
 from pathlib import Path
 import app.cli, app.server
 from app.config import Settings
@@ -119,31 +127,52 @@ settings = Settings(analytics_dir=Path({str(tmp_path)!r}), ollama_upstream={NOWH
 proxy = create_app(settings)
 async def main():
     await proxy.lifespan.startup()
-    await call(proxy, http_scope("/api/tags"))
+    statuses = []
+    for path, query in [("/api/tags", b""), ("/metrics", b""),
+                        ("/analytics/search", b"limit=many"), ("/analytics/search", b"")]:
+        scope = http_scope(path)
+        scope["query_string"] = query
+        statuses.append((await call(proxy, scope)).status)
     await proxy.lifespan.shutdown()
-asyncio.run(main())
-print([m for m in {ON_DEMAND!r} if m in sys.modules])
+    return statuses
+statuses = asyncio.run(main())
+print(([m for m in {ON_DEMAND + NEVER!r} if sys.modules.get(m)], statuses))
 """
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
     )
-    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    loaded, statuses = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    return loaded, statuses
+
+
+# The upstream is unreachable (502); an invalid query is FastAPI's validation error (422).
+ANSWERS = [502, 200, 422, 200]
 
 
 @pytest.mark.process
 def test_a_proxy_loads_only_what_its_configuration_uses(tmp_path: Path) -> None:
     """SQLite with the /api/ps poller on (the defaults): no httpx (the poller and /test use
     the proxy's own HTTP client), no Alembic at head, no PostgreSQL dialect; Loki brings its
-    httpx."""
-    assert loaded_on_demand(tmp_path, "sqlite") == []
-    assert loaded_on_demand(tmp_path, "sqlite,loki") == ["httpx", "app.analytics.loki"]
+    httpx. Outside the program's own process (a test's), FastAPI still loads pydantic.v1."""
+    assert loaded_on_demand(tmp_path, "sqlite") == (["pydantic.v1"], ANSWERS)
+    assert loaded_on_demand(tmp_path, "sqlite,loki", program=True) == (
+        ["httpx", "app.analytics.loki"],
+        ANSWERS,
+    )
+
+
+@pytest.mark.process
+def test_the_program_serves_without_pydantic_v1(tmp_path: Path) -> None:
+    """``own_process`` keeps FastAPI from loading pydantic.v1 (~1 MB), and everything
+    FastAPI does still works: routes, the metrics page, a validation error's answer."""
+    assert loaded_on_demand(tmp_path, "sqlite", program=True) == ([], ANSWERS)
 
 
 @pytest.mark.process
 def test_a_proxy_on_a_new_store_migrates_it_without_loading_alembic(tmp_path: Path) -> None:
     """The start-up upgrade runs in a child process (Alembic's modules would stay for the
     proxy's life): the store is at head and the serving process never imported Alembic."""
-    assert loaded_on_demand(tmp_path, "sqlite", migrated=False) == []
+    assert loaded_on_demand(tmp_path, "sqlite", migrated=False, program=True) == ([], ANSWERS)
     engine = create_store_engine(database_url(None, tmp_path))
     assert at_head(engine)
     engine.dispose()
