@@ -17,7 +17,9 @@ class RejectedRows(Exception):
 
 class Backend(Protocol):
     """A place rows are written to. Methods are called from a worker thread, never on the
-    event loop; ``write`` raises on failure and the same batch is retried later."""
+    event loop; ``write`` raises on failure and the same batch is retried later. An optional
+    integer ``backlog_factor`` lets the writer hand it up to that many batches in one write
+    once records have piled up (``app.analytics.writer``)."""
 
     name: str
 

@@ -6,7 +6,10 @@ and appends it to one queue per backend without waiting. Each backend has its ow
 fails keeps its batch and retries it with exponential backoff while new records wait in the
 queue; only when a queue is full are records dropped, and every drop is counted. A failure
 that says how long to wait (a ``retry_after`` attribute, as Loki's 429 carries) holds the
-lane's next attempt back at least that long.
+lane's next attempt back at least that long. When records have piled up (a burst, or a
+store that was down), a backend whose cost per record falls with the batch's size takes up
+to ``backlog_factor`` (an optional attribute, 1 when absent) times the batch size in one
+write; a lane that keeps up still writes as soon as a batch has gathered.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class _Lane:
         self.task: asyncio.Task[None] | None = None
         self.failing_since: float | None = None
         self.resume_at = 0.0  # monotonic time before which the backend asked not to be tried
+        self.backlog_factor = max(1, int(getattr(backend, "backlog_factor", 1)))
         metrics.queue_depth.labels(backend.name).set_function(
             lambda: len(self.items) + len(self.batch)
         )
@@ -170,7 +174,7 @@ class AnalyticsWriter:
             if len(lane.items) < self.batch_size and not self.stopping:
                 # Let a batch gather: one transaction for many records.
                 await asyncio.sleep(self.flush_interval)
-            count = min(self.batch_size, len(lane.items))
+            count = min(self.batch_size * lane.backlog_factor, len(lane.items))
             lane.batch = [lane.items.popleft() for _ in range(count)]
             await self._write(lane)
             lane.batch = []

@@ -256,3 +256,87 @@ def test_a_record_the_store_cannot_take_is_dropped_alone_and_counted(
     assert (stored["model"], stored["prompt"]) == ("llama\ufffdx", "nul \ufffd and \ufffd here")
     assert value(registry, "ollama_analytics_records_written_total", backend=kind) == 41
     store.close()
+
+
+class Recording(FakeBackend):
+    """A backend that keeps the size of every batch it is given."""
+
+    name = "recording"
+
+    def __init__(self, backlog_factor: int | None) -> None:
+        self.sizes: list[int] = []
+        if backlog_factor is not None:
+            self.backlog_factor = backlog_factor
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self.sizes.append(len(rows))
+
+
+@pytest.mark.parametrize(
+    ("factor", "sizes"), [(None, [10] * 10), (4, [40, 40, 20]), (1, [10] * 10)]
+)
+def test_a_backlog_is_written_in_batches_of_the_backends_factor(
+    factor: int | None, sizes: list[int]
+) -> None:
+    backend = Recording(factor)
+    registry = CollectorRegistry()
+    writer = writer_for(backend, registry, batch_size=10)
+    for _ in range(100):  # queued before the lane starts: a backlog
+        writer.finished(sample_record())
+
+    async def scenario() -> None:
+        await writer.start()
+        await until(lambda: sum(backend.sizes) == 100)
+        await writer.stop()
+
+    asyncio.run(scenario())
+    assert backend.sizes == sizes
+    assert value(registry, "ollama_analytics_records_written_total", backend="recording") == 100
+
+
+def test_a_lane_that_keeps_up_writes_the_batch_size_as_it_gathers() -> None:
+    backend = Recording(4)
+    registry = CollectorRegistry()
+    writer = writer_for(backend, registry, batch_size=10, flush_interval=0.05)
+
+    async def scenario() -> None:
+        await writer.start()
+        for round_ in range(1, 4):
+            for _ in range(10):
+                writer.finished(sample_record())
+            await until(lambda r=round_: sum(backend.sizes) == 10 * r)  # type: ignore[misc]
+        await writer.stop()
+
+    asyncio.run(scenario())
+    assert backend.sizes == [10, 10, 10]
+
+
+def test_the_sqlite_store_takes_a_backlog_four_batches_at_a_time(tmp_path: Path) -> None:
+    store = SqlStore(create_store_engine(database_url(None, tmp_path)))
+    assert store.backlog_factor == 4
+    sizes: list[int] = []
+    write = store.write
+
+    def counted(rows: list[dict[str, Any]]) -> None:
+        sizes.append(len(rows))
+        write(rows)
+
+    store.write = counted  # type: ignore[method-assign]
+    registry = CollectorRegistry()
+    writer = writer_for(store, registry, batch_size=50)
+    for _ in range(250):
+        writer.finished(sample_record())
+
+    async def scenario() -> None:
+        await writer.start()
+        await until(
+            lambda: (
+                value(registry, "ollama_analytics_records_written_total", backend="sqlite") == 250
+            )
+        )
+        await writer.stop()
+
+    asyncio.run(scenario())
+    assert sizes == [200, 50]
+    assert len(store.search(SearchQuery(limit=1000))[0]) == 250
+    store.close()
